@@ -1,0 +1,41 @@
+-- expert_checkpoints: the states from which a run simulates each failed expert trajectory.
+-- Grain: one row per (run_id, expert_traj_id, checkpoint).
+-- Inputs: runs (n_sims = M), trajectories (failed expert trajectories), tasks (train split).
+-- Rule (METHOD.md, step 2.2): for T actions, l = max(1, T // (M + 1)); checkpoint m = 1..M is the
+-- state s_(m*l), kept while m*l < T. prev_step is the checkpoint before it (0 = the initial state).
+CREATE OR REPLACE VIEW expert_checkpoints AS
+WITH failed_experts AS (
+    SELECT t.traj_id, t.task_id, t.n_steps
+    FROM trajectories AS t
+    JOIN tasks AS k ON k.task_id = t.task_id
+    WHERE t.source = 'expert'
+      AND NOT t.success
+      AND k.split = 'train'
+),
+
+spaced AS (
+    SELECT
+        r.run_id,
+        f.traj_id,
+        f.task_id,
+        f.n_steps,
+        r.n_sims,
+        greatest(1, f.n_steps // (r.n_sims + 1)) AS spacing
+    FROM runs AS r
+    CROSS JOIN failed_experts AS f
+),
+
+numbered AS (
+    SELECT *, unnest(generate_series(1, n_sims)) AS checkpoint
+    FROM spaced
+)
+
+SELECT
+    run_id,
+    traj_id AS expert_traj_id,
+    task_id,
+    checkpoint,
+    checkpoint * spacing AS step,
+    (checkpoint - 1) * spacing AS prev_step
+FROM numbered
+WHERE checkpoint * spacing < n_steps;
