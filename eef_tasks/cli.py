@@ -1,0 +1,253 @@
+"""The `eef` command line: store set-up, selection, inspection, ad-hoc SQL, import and export.
+
+Every command is a thin shell over a plain function; errors the user can act on are printed as
+one message (no traceback) with exit status 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import duckdb
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from eef_tasks import chat, selection, store, trajectory_io
+
+app = typer.Typer(
+    name="eef",
+    help="Exploring Expert Failures (EEF) for LLM agent tuning: store, selection and inspection.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+DbOption = Annotated[Path, typer.Option("--db", help="the DuckDB store", show_default=True)]
+
+
+def user_errors(command):
+    """Turn the errors a user can fix into one clear line on stderr and exit status 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (store.StoreError, trajectory_io.ImportFileError) as exc:
+            err.print(f"[red]error:[/red] {escape(str(exc))}")
+            raise typer.Exit(1) from None
+        except duckdb.Error as exc:
+            err.print(f"[red]DuckDB error:[/red] {escape(str(exc))}")
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def init(db: DbOption = store.DEFAULT_DB) -> None:
+    """Create the store, or migrate it to the current schema (safe to run again)."""
+    con = store.connect(db)
+    try:
+        applied = store.migrate(con)
+        version = store.schema_version(con)
+    finally:
+        con.close()
+    if applied:
+        out.print(f"{db}: schema version {version}; applied {', '.join(applied)}")
+    else:
+        out.print(f"{db}: schema version {version}; already up to date")
+
+
+class Method(str, Enum):
+    bc = "bc"
+    eef = "eef"
+    rft = "rft"
+
+
+@app.command("select")
+@user_errors
+def select_cmd(
+    run: Annotated[str, typer.Option("--run", help="the run (experiment) id")],
+    iteration: Annotated[int, typer.Option("--iteration", help="0 for bc, >= 1 for eef/rft")],
+    method: Annotated[Method, typer.Option("--method", help="bc, eef or rft")],
+    db: DbOption = store.DEFAULT_DB,
+    sims: Annotated[
+        int | None,
+        typer.Option("--sims", help="M, simulations per failed expert trajectory (new runs; default 5)"),
+    ] = None,
+) -> None:
+    """Write one iteration's training_examples (idempotent: replaces that set)."""
+    with store.writer(db) as con:
+        result = selection.select_examples(con, run, iteration, method.value, sims)
+    kinds = ", ".join(f"{kind}: {n}" for kind, n in result.by_kind.items()) or "none"
+    out.print(
+        f"run {result.run_id} iteration {result.iteration} method {result.method} (M = "
+        f"{result.n_sims}): {result.n_examples} training examples ({kinds})"
+    )
+
+
+class ExampleFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+@app.command()
+@user_errors
+def example(
+    traj: Annotated[str, typer.Option("--traj", help="the trajectory id")],
+    from_step: Annotated[int, typer.Option("--from-step", help="actions with step >= K get loss")] = 0,
+    db: DbOption = store.DEFAULT_DB,
+    fmt: Annotated[ExampleFormat, typer.Option("--format")] = ExampleFormat.text,
+) -> None:
+    """Show a trajectory as the chat the model is trained on, supervised turns marked."""
+    with store.reader(db) as con:
+        turns = chat.load_chat(con, traj, from_step)
+    if fmt is ExampleFormat.json:
+        out.print_json(json.dumps(chat.chat_as_dicts(turns)))
+        return
+    n_supervised = sum(t.supervised for t in turns)
+    out.print(f"[bold]{escape(traj)}[/bold]: loss on steps >= {from_step} "
+              f"({n_supervised} supervised assistant turns, marked [green]>>[/green])")
+    for turn in turns:
+        where = f" step {turn.step}" if turn.step is not None else ""
+        if turn.supervised:
+            out.print(f"[bold green]>> {turn.role}{where} [SUPERVISED][/bold green]")
+            out.print("\n".join(f"[green]>>[/green] {escape(line)}" for line in turn.content.splitlines()))
+        else:
+            out.print(f"[dim]-- {turn.role}{where} (context)[/dim]")
+            out.print(escape(turn.content))
+
+
+class SqlFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+READ_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "CALL"}
+
+
+@app.command("sql")
+@user_errors
+def sql_cmd(
+    query: Annotated[str, typer.Argument(help="one or more read-only SQL statements")],
+    db: DbOption = store.DEFAULT_DB,
+    fmt: Annotated[SqlFormat, typer.Option("--format")] = SqlFormat.table,
+    max_rows: Annotated[int, typer.Option("--max-rows", help="rows shown by --format table")] = 100,
+    wait: Annotated[float, typer.Option("--wait", help="seconds to wait for a writer's lock")] = store.LOCK_WAIT_S,
+) -> None:
+    """Run read-only ad-hoc SQL over the store (writes are refused)."""
+    with store.reader(db, wait_s=wait) as con:
+        statements = con.extract_statements(query)
+        for statement in statements:
+            kind = statement.type.name
+            if kind not in READ_STATEMENTS:
+                raise store.StoreError(
+                    f"eef sql is read-only: {kind} statements are refused "
+                    "(the pipeline's commands write the store)"
+                )
+        # no file reads/writes or ATTACH from ad-hoc SQL, and no way to switch that back on
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        for statement in statements:
+            relation = con.sql(statement.query)
+            if relation is None:
+                continue
+            if fmt is SqlFormat.table:
+                relation.show(max_rows=max_rows, max_width=shutil.get_terminal_size((160, 24)).columns)
+            elif fmt is SqlFormat.csv:
+                sys.stdout.write(relation.pl().write_csv())
+            else:
+                sys.stdout.write(json.dumps(relation.pl().to_dicts(), default=str, indent=1) + "\n")
+
+
+class ImportFormat(str, Enum):
+    auto = "auto"
+    eef = "eef"
+    conversations = "conversations"
+
+
+@app.command("import")
+@user_errors
+def import_cmd(
+    path: Annotated[Path, typer.Argument(help="a JSONL (or JSON array) file", exists=True, dir_okay=False)],
+    db: DbOption = store.DEFAULT_DB,
+    fmt: Annotated[ImportFormat, typer.Option("--format", help="eef JSONL or ETO/AgentGym conversations")] = ImportFormat.auto,
+    env: Annotated[str | None, typer.Option("--env", help="conversations: the environment, e.g. webshop")] = None,
+    split: Annotated[str, typer.Option("--split", help="conversations: the tasks' split")] = "train",
+    expert: Annotated[str, typer.Option("--expert", help="conversations: the expert's name, e.g. gpt-4")] = "imported",
+    reward: Annotated[float | None, typer.Option("--reward", help="conversations: reward when records have none")] = None,
+    task_prefix: Annotated[str | None, typer.Option("--task-prefix", help="conversations: task_id = prefix + id (default '<env>/')")] = None,
+) -> None:
+    """Import trajectories; a malformed record names its line and field and nothing is written."""
+    if fmt is ImportFormat.auto:
+        fmt = ImportFormat.conversations if _looks_like_conversations(path) else ImportFormat.eef
+    if fmt is ImportFormat.conversations:
+        if env is None:
+            raise store.StoreError("--env is required for conversation-format files (e.g. --env webshop)")
+        records = trajectory_io.read_conversations(
+            path, env=env, split=split, expert=expert, reward=reward, task_prefix=task_prefix
+        )
+    else:
+        records = trajectory_io.read_eef_jsonl(path)
+    with store.writer(db) as con:
+        result = trajectory_io.import_records(con, records)
+    out.print(
+        f"{path}: {result.trajectories_added} trajectories added ({result.steps_added} steps), "
+        f"{result.trajectories_skipped} already present, {result.tasks_added} new tasks"
+    )
+
+
+def _looks_like_conversations(path: Path) -> bool:
+    with path.open() as handle:
+        head = handle.read(4096)
+    return '"conversations"' in head
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    path: Annotated[Path, typer.Argument(help="output JSONL file ('-' for stdout)")],
+    db: DbOption = store.DEFAULT_DB,
+    run: Annotated[str | None, typer.Option("--run")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="expert or policy")] = None,
+    purpose: Annotated[str | None, typer.Option("--purpose", help="expert, explore, simulate or eval")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="train, dev or test")] = None,
+) -> None:
+    """Export trajectories with their steps as eef JSONL (re-importable with `eef import`)."""
+    with store.reader(db) as con:
+        if str(path) == "-":
+            n = trajectory_io.export_jsonl(con, sys.stdout, run_id=run, source=source, purpose=purpose, split=split)
+        else:
+            tmp = path.with_name(path.name + ".partial")
+            with tmp.open("w") as handle:
+                n = trajectory_io.export_jsonl(con, handle, run_id=run, source=source, purpose=purpose, split=split)
+            tmp.replace(path)  # a crashed export never leaves a truncated file under the real name
+    err.print(f"exported {n} trajectories")
+
+
+@app.command()
+@user_errors
+def demo(
+    db: DbOption = store.DEFAULT_DB,
+    n_tasks: Annotated[int, typer.Option("--tasks", help="synthetic tasks to generate")] = 60,
+    iterations: Annotated[int, typer.Option("--iterations")] = 3,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Generate a synthetic store, select BC, EEF and RFT sets for every iteration, and compare."""
+    from eef_tasks import demo as demo_module
+
+    demo_module.run(db, n_tasks=n_tasks, iterations=iterations, seed=seed, console=out)
+
+
+if __name__ == "__main__":
+    app()
