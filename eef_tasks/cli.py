@@ -238,7 +238,7 @@ def export_cmd(
 @app.command()
 @user_errors
 def demo(
-    db: DbOption = store.DEFAULT_DB,
+    db: DbOption = Path("data/demo.duckdb"),
     n_tasks: Annotated[int, typer.Option("--tasks", help="synthetic tasks to generate")] = 60,
     iterations: Annotated[int, typer.Option("--iterations")] = 3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
