@@ -19,7 +19,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from eef_tasks import chat, selection, store, trajectory_io
+from eef_tasks import chat, selection, store
+from eef_tasks.errors import UserError
 
 app = typer.Typer(
     name="eef",
@@ -41,7 +42,7 @@ def user_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (store.StoreError, trajectory_io.ImportFileError) as exc:
+        except UserError as exc:
             err.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(1) from None
         except duckdb.Error as exc:
@@ -189,6 +190,8 @@ def import_cmd(
     task_prefix: Annotated[str | None, typer.Option("--task-prefix", help="conversations: task_id = prefix + id (default '<env>/')")] = None,
 ) -> None:
     """Import trajectories; a malformed record names its line and field and nothing is written."""
+    from eef_tasks import trajectory_io  # polars and pydantic load only for the commands that use them
+
     if fmt is ImportFormat.auto:
         fmt = ImportFormat.conversations if _looks_like_conversations(path) else ImportFormat.eef
     if fmt is ImportFormat.conversations:
@@ -224,6 +227,8 @@ def export_cmd(
     split: Annotated[str | None, typer.Option("--split", help="train, dev or test")] = None,
 ) -> None:
     """Export trajectories with their steps as eef JSONL (re-importable with `eef import`)."""
+    from eef_tasks import trajectory_io
+
     with store.reader(db) as con:
         if str(path) == "-":
             n = trajectory_io.export_jsonl(con, sys.stdout, run_id=run, source=source, purpose=purpose, split=split)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import duckdb
 
+from eef_tasks.errors import UserError
+
 DEFAULT_DB = Path("data/eef.duckdb")
 LOCK_WAIT_S = 30.0
 
@@ -35,7 +37,7 @@ def read_sql(name: str) -> str:
     return (sql_dir() / f"{name}.sql").read_text()
 
 
-class StoreError(Exception):
+class StoreError(UserError):
     """A problem with the store that the user can act on; its message says what to do."""
 
 

@@ -23,10 +23,11 @@ from typing import Any, TextIO
 import duckdb
 from pydantic import ValidationError
 
+from eef_tasks.errors import UserError
 from eef_tasks.records import StepRecord, TrajectoryRecord, WriteResult, write_trajectories
 
 
-class ImportFileError(Exception):
+class ImportFileError(UserError):
     """A record of an input file is malformed; the message names the line and the field."""
 
     def __init__(self, path: Path | str, line: int, field: str, problem: str):

@@ -59,20 +59,21 @@ CREATE TABLE steps (
 );
 
 -- The data set chosen for one run, iteration and method: one row per important state.
+-- Only `eef select` writes it (delete + insert of one run/iteration/method in one transaction);
+-- its query yields one row per state by construction (tested, including property-based tests).
+-- No primary or foreign key on purpose: maintaining them cost more than the selection itself
+-- (see benchmarks/README.md).
 CREATE TABLE training_examples (
     run_id          VARCHAR NOT NULL,
     iteration       INTEGER NOT NULL CHECK (iteration >= 0),
     method          VARCHAR NOT NULL CHECK (method IN ('bc', 'eef', 'rft')),
-    traj_id         VARCHAR NOT NULL REFERENCES trajectories (traj_id),
+    traj_id         VARCHAR NOT NULL,
     loss_from_step  INTEGER NOT NULL CHECK (loss_from_step >= 0),
     state_kind      VARCHAR NOT NULL CHECK (state_kind IN ('initial', 'need_recover', 'expert_success')),
     state_traj_id   VARCHAR,
     state_step      INTEGER NOT NULL CHECK (state_step >= 0),
     task_id         VARCHAR NOT NULL,
     created_at      TIMESTAMP NOT NULL DEFAULT current_timestamp,
-    -- a trajectory is chosen at most once per state; two states of one run/iteration never share
-    -- (traj_id, state_step) because initial states have step 0 and need-recover states step > 0
-    PRIMARY KEY (run_id, iteration, method, traj_id, state_step),
     CHECK ((state_kind = 'need_recover') = (state_traj_id IS NOT NULL)),
     CHECK (loss_from_step = state_step)
 );

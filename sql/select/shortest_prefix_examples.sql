@@ -16,17 +16,18 @@ WITH eligible AS (
       AND ($method = 'eef' OR (state_kind = 'initial' AND branch_step = 0))
 ),
 
-ranked AS (
+chosen AS (
+    -- per state, the candidate with the smallest (expert actions after, steps, iteration, traj_id)
     SELECT
-        *,
-        row_number() OVER (
-            PARTITION BY state_kind, task_id, state_traj_id, state_step
-            ORDER BY expert_actions_after, n_steps, iteration, traj_id
-        ) AS preference
+        state_kind,
+        task_id,
+        state_traj_id,
+        state_step,
+        arg_min(traj_id, (expert_actions_after, n_steps, iteration, traj_id)) AS traj_id
     FROM eligible
+    GROUP BY state_kind, task_id, state_traj_id, state_step
 )
 
 SELECT
     $run_id, $iteration, $method, traj_id, state_step, state_kind, state_traj_id, state_step, task_id
-FROM ranked
-WHERE preference = 1;
+FROM chosen;

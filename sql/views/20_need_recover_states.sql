@@ -7,38 +7,62 @@
 -- rollouts from the initial state. Several runs from one state (RFT x k) count as a success when
 -- any of them succeeded (ours). A checkpoint never simulated in iteration i is not judged there.
 CREATE OR REPLACE VIEW need_recover_states AS
-WITH outcomes_by_start AS (
-    SELECT
-        run_id,
-        iteration,
-        task_id,
-        branch_traj_id,          -- NULL for runs from s0
-        branch_step,
-        bool_or(success) AS any_success
+WITH policy_runs AS (
+    SELECT run_id, iteration, task_id, branch_traj_id, branch_step, success
     FROM trajectories
     WHERE source = 'policy'
       AND purpose IN ('explore', 'simulate')
-    GROUP BY ALL
+),
+
+from_initial_state AS (
+    -- per run, iteration and task: did a rollout from s0 succeed
+    SELECT run_id, iteration, task_id, bool_or(success) AS any_success
+    FROM policy_runs
+    WHERE branch_step = 0
+    GROUP BY run_id, iteration, task_id
+),
+
+from_expert_state AS (
+    -- per run, iteration and expert state s_k: did a simulation from it succeed
+    SELECT
+        run_id,
+        iteration,
+        branch_traj_id AS expert_traj_id,
+        branch_step AS step,
+        bool_or(success) AS any_success
+    FROM policy_runs
+    WHERE branch_step > 0
+    GROUP BY run_id, iteration, branch_traj_id, branch_step
+),
+
+judged AS (
+    SELECT
+        c.run_id,
+        here.iteration,
+        c.task_id,
+        c.expert_traj_id,
+        c.checkpoint,
+        c.step,
+        c.prev_step,
+        here.any_success AS succeeded_here,
+        CASE WHEN c.prev_step = 0 THEN s0.any_success ELSE before.any_success END AS succeeded_before
+    FROM expert_checkpoints AS c
+    JOIN from_expert_state AS here
+        ON  here.run_id = c.run_id
+        AND here.expert_traj_id = c.expert_traj_id
+        AND here.step = c.step
+    LEFT JOIN from_expert_state AS before
+        ON  before.run_id = c.run_id
+        AND before.iteration = here.iteration
+        AND before.expert_traj_id = c.expert_traj_id
+        AND before.step = c.prev_step
+    LEFT JOIN from_initial_state AS s0
+        ON  s0.run_id = c.run_id
+        AND s0.iteration = here.iteration
+        AND s0.task_id = c.task_id
 )
 
-SELECT
-    c.run_id,
-    here.iteration,
-    c.task_id,
-    c.expert_traj_id,
-    c.checkpoint,
-    c.step,
-    c.prev_step
-FROM expert_checkpoints AS c
-JOIN outcomes_by_start AS here
-    ON  here.run_id = c.run_id
-    AND here.branch_traj_id = c.expert_traj_id
-    AND here.branch_step = c.step
-JOIN outcomes_by_start AS before
-    ON  before.run_id = c.run_id
-    AND before.iteration = here.iteration
-    AND before.task_id = c.task_id
-    AND before.branch_step = c.prev_step
-    AND (c.prev_step = 0 OR before.branch_traj_id = c.expert_traj_id)
-WHERE before.any_success
-  AND NOT here.any_success;
+SELECT run_id, iteration, task_id, expert_traj_id, checkpoint, step, prev_step
+FROM judged
+WHERE succeeded_before
+  AND NOT succeeded_here;
