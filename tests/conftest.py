@@ -1,0 +1,33 @@
+"""Shared fixtures: a fresh, migrated DuckDB store per test (a real file under tmp_path)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pytest
+
+# make tests/store_builders.py importable as a plain module, whatever pytest's rootdir/import mode
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from eef_tasks import store  # noqa: E402
+from store_builders import StoreBuilder  # noqa: E402
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "eef.duckdb"
+
+
+@pytest.fixture
+def con(db_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A write connection to a fresh store, opened with the project's own `store.writer`."""
+    with store.writer(db_path) as connection:
+        yield connection
+
+
+@pytest.fixture
+def build(con: duckdb.DuckDBPyConnection) -> StoreBuilder:
+    return StoreBuilder(con)
