@@ -130,35 +130,12 @@ def _checkpoints(n_steps: int, n_sims: int) -> list[int]:
     return [m * spacing for m in range(1, n_sims + 1) if m * spacing < n_steps]
 
 
-def generate_store(
-    db_path: str | Path,
-    *,
-    n_tasks: int,
-    n_runs: int = 2,
-    n_iterations: int = 3,
-    n_sims: int = 5,
-    seed: int = 0,
-    steps_per_traj: tuple[int, int] = (3, 15),
-    explore_k: int = 1,
-    dev_frac: float = 0.1,
-    test_frac: float = 0.1,
-    expert_success_rate: float = 0.35,
-    multi_expert_frac: float = 0.3,
-    heldout_expert_frac: float = 0.2,
-    thought_frac: float = 0.7,
-    overwrite: bool = False,
-) -> dict[str, Any]:
+def generate_store(db_path: str | Path, *, overwrite: bool = False, **params: Any) -> dict[str, Any]:
     """Create (or migrate) the store at `db_path` and load a synthetic data set into it.
 
-    n_tasks: tasks in all splits (a `dev_frac` / `test_frac` share goes to dev / test);
-    n_runs: pipeline runs `synthetic-run-1..n`, each with M = `n_sims`; n_iterations: EEF
-    iterations per run; steps_per_traj: (min, max) actions of an expert trajectory and a rollout
-    (also the tasks' max_steps); explore_k: rollouts from s0 per training task and iteration
-    (RFT x k); expert_success_rate: mean success of the expert; multi_expert_frac: share of
-    training tasks with 2-3 expert trajectories; heldout_expert_frac: share of dev/test tasks with
-    an expert trajectory (which selection must ignore); thought_frac: share of steps with a
-    thought. `overwrite` deletes an existing file first; otherwise a store that already holds
-    synthetic data is refused. Returns the counts of what was written (and `seconds`).
+    `params` are those of `populate` (`n_tasks` is required). `overwrite` deletes an existing file
+    first; otherwise a store that already holds synthetic data is refused. Returns the counts of
+    what was written (and `seconds`).
     """
     db_path = Path(db_path)
     if overwrite:
@@ -167,13 +144,7 @@ def generate_store(
     con = store.connect(db_path)
     try:
         store.migrate(con)
-        return populate(
-            con, n_tasks=n_tasks, n_runs=n_runs, n_iterations=n_iterations, n_sims=n_sims,
-            seed=seed, steps_per_traj=steps_per_traj, explore_k=explore_k, dev_frac=dev_frac,
-            test_frac=test_frac, expert_success_rate=expert_success_rate,
-            multi_expert_frac=multi_expert_frac, heldout_expert_frac=heldout_expert_frac,
-            thought_frac=thought_frac,
-        )
+        return populate(con, **params)
     finally:
         con.close()
 
@@ -195,7 +166,17 @@ def populate(
     heldout_expert_frac: float = 0.2,
     thought_frac: float = 0.7,
 ) -> dict[str, Any]:
-    """`generate_store` on an open, migrated connection (one transaction)."""
+    """Load a synthetic data set into an open, migrated store (one transaction).
+
+    n_tasks: tasks in all splits (a `dev_frac` / `test_frac` share goes to dev / test);
+    n_runs: pipeline runs `synthetic-run-1..n`, each with M = `n_sims`; n_iterations: EEF
+    iterations per run; steps_per_traj: (min, max) actions of an expert trajectory and a rollout
+    (also the tasks' max_steps); explore_k: rollouts from s0 per training task and iteration
+    (RFT x k); expert_success_rate: mean success of the expert; multi_expert_frac: share of
+    training tasks with 2-3 expert trajectories; heldout_expert_frac: share of dev/test tasks with
+    an expert trajectory (which selection must ignore); thought_frac: share of steps with a
+    thought.
+    """
     lo, hi = steps_per_traj
     if not 1 <= lo <= hi:
         raise StoreError(f"steps_per_traj must be (min, max) with 1 <= min <= max, not {steps_per_traj}")

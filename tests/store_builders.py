@@ -10,6 +10,7 @@ asserts that they equal the rows of the pure-Python reference on the same store.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -18,6 +19,7 @@ import duckdb
 import polars as pl
 
 from eef_tasks import selection, selection_reference, store
+from eef_tasks.selection_reference import Traj
 from eef_tasks.records import StepRecord, TaskRecord, TrajectoryRecord, write_trajectories
 
 RUN = "run-1"
@@ -186,17 +188,8 @@ class StoreBuilder:
 
 # --- fast path for property tests -------------------------------------------------------------
 
-class TrajSpec(NamedTuple):
-    traj_id: str
-    task_id: str
-    run_id: str | None
-    source: str
-    iteration: int
-    purpose: str
-    branch_traj_id: str | None
-    branch_step: int
-    success: bool
-    n_steps: int
+# the reference implementation's own record of a trajectory serves as the test spec
+TrajSpec = Traj
 
 
 _SPEC_SCHEMA = {
@@ -217,7 +210,7 @@ def insert_trajectories(con: duckdb.DuckDBPyConnection, trajs: list[TrajSpec]) -
     """One bulk INSERT of trajectory rows (no steps: selection reads only `trajectories`)."""
     if not trajs:
         return
-    frame = pl.DataFrame([t._asdict() for t in trajs], schema=_SPEC_SCHEMA)
+    frame = pl.DataFrame([dataclasses.asdict(t) for t in trajs], schema=_SPEC_SCHEMA)
     con.register("spec_frame", frame)
     try:
         con.execute(
