@@ -189,7 +189,9 @@ def write_trajectories(
     tasks: list[TaskRecord] | None = None,
 ) -> WriteResult:
     """Write tasks, trajectories and steps in one transaction (all or nothing)."""
-    tasks = list(tasks or []) + [t for r in records if (t := r.task()) is not None]
+    # tasks passed explicitly come last so that their max_steps/meta win over the bare task a
+    # record describes (write_tasks keeps the last copy of equal tasks)
+    tasks = [t for r in records if (t := r.task()) is not None] + list(tasks or [])
     seen: dict[str, str] = {}
     for r in records:
         digest = r.content_hash()

@@ -1,0 +1,363 @@
+"""Collect offline expert trajectories (gold or synthetic) into the DuckDB store, resumably.
+
+    from eef_tasks.collect import collect_experts
+    summary = collect_experts("data/eef.duckdb", expert="gold", split="train", n_workers=2)
+
+- Trajectory ids are deterministic ('gold/<task_id>', 'synthetic/<task_id>/<seed>'), and ids
+  already in the store are skipped before anything runs, so a rerun or an interrupted run picks up
+  where it stopped (replays are not byte-deterministic, so re-running a stored trajectory could
+  give different content under the same id).
+- Episodes run in a pool of environment workers (`n_workers`); gold paths come from the on-disk
+  cache (`eef_tasks.experts.gold`) or are generated in the workers and cached as they arrive.
+- Finished trajectories are written in batches through `records.write_trajectories`, with their
+  tasks (env, split, instruction, max_steps); each batch is one transaction, on a write
+  connection opened only for that batch (a DuckDB writer locks out every other process).
+- An episode that fails for good (a JVM that keeps dying, a bad task id) is reported in the
+  summary's `errors` and written nowhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eef_tasks.envs.base import EnvError, Split, TaskSpec
+from eef_tasks.envs.pool import EnvPool
+from eef_tasks.experts import (
+    EXPERTS,
+    GOLD_EXPERT,
+    ExpertRun,
+    run_expert,
+    task_record,
+    to_record,
+    traj_id_for,
+)
+from eef_tasks.experts.gold import GoldPath, generate_gold, load_gold, save_gold
+from eef_tasks.experts.synthetic import DEFAULT_SUCCESS_RATE
+from eef_tasks.records import TaskRecord, TrajectoryRecord, write_trajectories
+from eef_tasks.store import StoreError, reader, writer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 50
+
+
+@dataclass
+class CollectSummary:
+    """What one `collect_experts` call did."""
+
+    db_path: str
+    env: str
+    expert: str
+    requested: int = 0  # trajectories asked for (tasks x seeds)
+    already_stored: int = 0  # skipped because their traj_id was in the store before the run
+    ran: int = 0  # episodes that finished in the environment
+    written: int = 0  # trajectories inserted
+    skipped_on_write: int = 0  # identical trajectory already stored (a concurrent collector)
+    tasks_added: int = 0
+    steps_added: int = 0
+    successes: int = 0
+    failures: int = 0
+    gold_generated: int = 0
+    batches: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (traj_id, why)
+    elapsed_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.expert} expert on {self.env}: {self.requested} requested, "
+            f"{self.already_stored} already stored, {self.ran} run "
+            f"({self.successes} successes, {self.failures} failures), {self.written} written "
+            f"in {self.batches} batches, {len(self.errors)} errors, "
+            f"{self.gold_generated} gold paths generated, {self.elapsed_s:.1f} s"
+        )
+
+
+def select_tasks(
+    env: str = "scienceworld",
+    *,
+    task_ids: Iterable[str] | None = None,
+    split: Split | Sequence[Split] | None = None,
+    tasks: Iterable[str] | str | None = None,
+    catalog: str = "eto",
+    limit: int | None = None,
+) -> list[TaskSpec]:
+    """Catalog entries to collect: explicit `task_ids`, or a catalog ('eto' or 'package')
+    filtered by split and task name; `limit` keeps the first N (after filtering)."""
+    if env != "scienceworld":
+        raise EnvError(f"offline experts exist only for ScienceWorld, not {env!r}")
+    from eef_tasks.envs import scienceworld as sw
+
+    if task_ids is not None:
+        specs = [sw.find_task(t) for t in task_ids]
+        wanted_splits = None if split is None else ({split} if isinstance(split, str) else set(split))
+        wanted_tasks = sw.task_filter(tasks)
+        specs = [
+            s for s in specs
+            if (wanted_splits is None or s.split in wanted_splits)
+            and (wanted_tasks is None or s.meta.get("task_name") in wanted_tasks)
+        ]
+    elif catalog == "eto":
+        specs = sw.catalog(split, tasks=tasks)
+    elif catalog == "package":
+        specs = sw.package_catalog(split, tasks=tasks)
+    else:
+        raise EnvError(f"unknown catalog {catalog!r}: 'eto' (ETO's split) or 'package'")
+    seen: set[str] = set()
+    unique = [s for s in specs if not (s.task_id in seen or seen.add(s.task_id))]
+    return unique[:limit] if limit is not None else unique
+
+
+def stored_traj_ids(db_path: str | Path, expert: str) -> set[str]:
+    """Trajectory ids of `expert` already in the store (none when there is no store yet)."""
+    if not Path(db_path).exists():
+        return set()
+    try:
+        with reader(db_path) as con:
+            rows = con.execute(
+                "SELECT traj_id FROM trajectories WHERE source = 'expert' AND expert = $expert",
+                {"expert": expert},
+            ).fetchall()
+    except StoreError as exc:
+        if "is not an eef store" in str(exc):
+            return set()
+        raise
+    return {row[0] for row in rows}
+
+
+def expert_job(env: Any, payload: dict[str, Any]) -> ExpertRun:
+    """Pool job: run one offline expert trajectory (generating the gold path if not given)."""
+    gold = GoldPath.from_json(payload["gold"]) if payload.get("gold") else None
+    return run_expert(
+        env, payload["task_id"], payload["expert"], seed=payload["seed"], gold=gold,
+        max_steps=payload.get("max_steps"), success_rate=payload["success_rate"],
+    )
+
+
+def gold_job(env: Any, task_id: str) -> GoldPath:
+    """Pool job: generate the gold path of a task."""
+    return generate_gold(env, task_id)
+
+
+def _keep_gold(gold: GoldPath, cache_dir: str | Path | None, summary: CollectSummary) -> GoldPath:
+    """Cache a freshly generated gold path unless another one got there first (first one wins, so
+    that every trajectory of a task derives from the cached path)."""
+    summary.gold_generated += 1
+    cached = load_gold(gold.task_id, gold.simplifications, cache_dir)
+    if cached is not None:
+        return cached
+    save_gold(gold, cache_dir)
+    return gold
+
+
+def collect_experts(
+    db_path: str | Path,
+    env: str = "scienceworld",
+    expert: str = GOLD_EXPERT,
+    *,
+    task_ids: Iterable[str] | None = None,
+    split: Split | Sequence[Split] | None = None,
+    tasks: Iterable[str] | str | None = None,
+    catalog: str = "eto",
+    limit: int | None = None,
+    n_workers: int = 1,
+    seed: int | Sequence[int] = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    cache_dir: str | Path | None = None,
+    simplifications: str | None = None,
+    success_rate: float = DEFAULT_SUCCESS_RATE,
+    retries: int = 2,
+    timeout_s: float = 600.0,
+    progress: bool = True,
+    pool: EnvPool | None = None,
+) -> CollectSummary:
+    """Run an offline expert ('gold' or 'synthetic') on tasks and store its trajectories.
+
+    Tasks: `task_ids`, or the `catalog` ('eto': ETO's split; 'package': the game's own) filtered
+    by `split` and `tasks` (task names), first `limit`. `seed` may be a list (the synthetic expert
+    gives one trajectory per seed; the gold expert ignores it). Resumable and idempotent: ids
+    already stored are skipped. `pool` reuses running workers (its simplifications must match).
+    """
+    if expert not in EXPERTS:
+        raise EnvError(f"unknown expert {expert!r}; offline experts: {', '.join(EXPERTS)}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    from eef_tasks.envs.scienceworld import DEFAULT_SIMPLIFICATIONS
+
+    simplifications = simplifications if simplifications is not None else DEFAULT_SIMPLIFICATIONS
+    started = time.monotonic()
+    summary = CollectSummary(db_path=str(db_path), env=env, expert=expert)
+    specs = select_tasks(env, task_ids=task_ids, split=split, tasks=tasks, catalog=catalog, limit=limit)
+    seeds = [0] if expert == GOLD_EXPERT else ([seed] if isinstance(seed, int) else list(seed))
+
+    stored = stored_traj_ids(db_path, expert)
+    todo: list[tuple[TaskSpec, int]] = []
+    for spec in specs:
+        for s in seeds:
+            summary.requested += 1
+            if traj_id_for(expert, spec.task_id, s) in stored:
+                summary.already_stored += 1
+            else:
+                todo.append((spec, s))
+    if not todo:
+        summary.elapsed_s = time.monotonic() - started
+        return summary
+
+    buffer: list[tuple[ExpertRun, TaskSpec]] = []
+
+    def flush() -> None:
+        if not buffer:
+            return
+        records: list[TrajectoryRecord] = [to_record(run, spec, with_task=False) for run, spec in buffer]
+        task_rows: list[TaskRecord] = [task_record(spec, run.instruction) for run, spec in buffer]
+        with writer(db_path) as con:
+            result = write_trajectories(con, records, task_rows)
+        summary.batches += 1
+        summary.written += result.trajectories_added
+        summary.skipped_on_write += result.trajectories_skipped
+        summary.tasks_added += result.tasks_added
+        summary.steps_added += result.steps_added
+        buffer.clear()
+
+    golds: dict[str, GoldPath | None] = {
+        spec.task_id: load_gold(spec.task_id, simplifications, cache_dir) for spec, _ in todo
+    }
+    # A task with several trajectories to run and no cached gold path gets its path generated
+    # first, so that all of them follow the same one (generation is not deterministic).
+    runs_per_task = Counter(spec.task_id for spec, _ in todo)
+    shared = [t for t, g in golds.items() if g is None and runs_per_task[t] > 1]
+
+    own_pool = pool is None
+    if pool is None:
+        pool = EnvPool(
+            min(n_workers, len(todo)), env, retries=retries, timeout_s=timeout_s,
+            simplifications=simplifications,
+        )
+    elif pool.env_kwargs.get("simplifications", DEFAULT_SIMPLIFICATIONS) != simplifications:
+        raise EnvError("the given pool's simplifications differ from the requested ones")
+    bar = _progress(progress and bool(shared), len(shared), "gold paths")
+    try:
+        for index, outcome in pool.map(gold_job, shared, timeout_s=timeout_s):
+            if not isinstance(outcome, Exception):  # else its trajectories retry and report it
+                golds[shared[index]] = _keep_gold(outcome, cache_dir, summary)
+            bar.advance(f"generated {summary.gold_generated}")
+        bar.close()
+        bar = _progress(progress, len(todo), f"{expert} expert")
+
+        payloads = [
+            {
+                "task_id": spec.task_id, "expert": expert, "seed": s,
+                "gold": g.to_json() if (g := golds[spec.task_id]) else None,
+                "max_steps": spec.max_steps, "success_rate": success_rate,
+            }
+            for spec, s in todo
+        ]
+        for index, outcome in pool.map(expert_job, payloads, timeout_s=timeout_s):
+            spec, s = todo[index]
+            if isinstance(outcome, Exception):
+                summary.errors.append((traj_id_for(expert, spec.task_id, s), str(outcome)))
+                logger.warning("%s on %s failed: %s", expert, spec.task_id, outcome)
+            else:
+                run: ExpertRun = outcome
+                if run.new_gold is not None:
+                    _keep_gold(run.new_gold, cache_dir, summary)
+                summary.ran += 1
+                summary.successes += run.success
+                summary.failures += not run.success
+                buffer.append((run, spec))
+                if len(buffer) >= batch_size:
+                    flush()
+            bar.advance(
+                f"ok {summary.successes} · failed {summary.failures} · errors {len(summary.errors)}"
+            )
+    finally:
+        try:
+            flush()  # finished trajectories are complete: keep them even when interrupted
+        finally:
+            bar.close()
+            if own_pool:
+                pool.close()
+            summary.elapsed_s = time.monotonic() - started
+    return summary
+
+
+class _progress:
+    """A rich progress bar (or nothing), with a status text."""
+
+    def __init__(self, enabled: bool, total: int, label: str) -> None:
+        self._bar = None
+        if not enabled:
+            return
+        try:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+        except ImportError:  # pragma: no cover
+            return
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        )
+        self._task = self._bar.add_task(label, total=total, status="")
+        self._bar.start()
+
+    def advance(self, status: str = "") -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, status=status)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+__all__ = [
+    "CollectSummary", "collect_experts", "expert_job", "gold_job", "select_tasks", "stored_traj_ids",
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m eef_tasks.collect --db data/eef.duckdb --expert gold --split train --workers 2`"""
+    import argparse
+
+    p = argparse.ArgumentParser(description="Collect offline expert trajectories into the store.")
+    p.add_argument("--db", required=True, type=Path)
+    p.add_argument("--env", default="scienceworld")
+    p.add_argument("--expert", default=GOLD_EXPERT, choices=EXPERTS)
+    p.add_argument("--split", action="append", choices=["train", "dev", "test"])
+    p.add_argument("--task", action="append", help="task name filter (repeatable)")
+    p.add_argument("--task-id", action="append", help="explicit task id (repeatable)")
+    p.add_argument("--catalog", default="eto", choices=["eto", "package"])
+    p.add_argument("--limit", type=int)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seed", type=int, action="append", help="synthetic expert seed (repeatable)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--cache-dir", type=Path)
+    p.add_argument("--success-rate", type=float, default=DEFAULT_SUCCESS_RATE)
+    args = p.parse_args(argv)
+    summary = collect_experts(
+        args.db, args.env, args.expert, task_ids=args.task_id, split=args.split, tasks=args.task,
+        catalog=args.catalog, limit=args.limit, n_workers=args.workers, seed=args.seed or [0],
+        batch_size=args.batch_size, cache_dir=args.cache_dir, success_rate=args.success_rate,
+    )
+    print(summary)
+    for traj_id, why in summary.errors:
+        print(f"  failed: {traj_id}: {why}")
+    return 1 if summary.errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

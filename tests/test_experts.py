@@ -1,0 +1,145 @@
+"""Offline experts: cached gold paths and the synthetic expert, run in the real ScienceWorld."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eef_tasks.envs import scienceworld as sw
+from eef_tasks.envs.base import same_observation
+from eef_tasks.experts import gold as gold_mod
+from eef_tasks.experts import plan_actions, run_expert, task_record, to_record, traj_id_for
+from eef_tasks.experts.synthetic import FAILURE_MODES, synthetic_plan, wrong_version
+
+FIND = "scienceworld/find-living-thing/0"
+PLANT = "scienceworld/find-plant/3"
+LIFESPAN = "scienceworld/lifespan-longest-lived/0"
+
+GOLD = [  # find-living-thing/0 under 'easy', as the game generated it once
+    "open door to kitchen", "go to kitchen", "open door to outside", "go to outside",
+    "look around", "focus on butterfly", "pick up butterfly", "open door to kitchen",
+    "go to kitchen", "move egg butterfly egg in inventory to red box",
+]
+
+try:  # the game needs the scienceworld package and a Java runtime
+    import scienceworld  # noqa: F401
+
+    sw.find_java()
+    HAVE_JAVA = True
+except (ImportError, sw.JavaNotFound):
+    HAVE_JAVA = False
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("gold-cache")
+
+
+@pytest.fixture(scope="module")
+def env():
+    if not HAVE_JAVA:
+        pytest.skip("ScienceWorld needs Java")
+    world = sw.ScienceWorld()
+    yield world
+    world.close()
+
+
+# --- plans (no game needed) ------------------------------------------------------------------------
+
+
+def test_synthetic_plans_are_seeded_and_keep_gold_prefixes():
+    plans = [synthetic_plan(GOLD, task_id=FIND, seed=s, max_steps=15) for s in range(60)]
+    again = [synthetic_plan(GOLD, task_id=FIND, seed=s, max_steps=15) for s in range(60)]
+    assert [p.actions for p in plans] == [p.actions for p in again]
+    modes = {p.mode for p in plans}
+    assert {"follow"} <= modes and len(modes & set(FAILURE_MODES)) >= 4
+    for p in plans:
+        if p.intends_success:
+            assert [a for a in p.actions if a not in ("look around", "inventory")] == [
+                a for a in GOLD if a not in ("look around", "inventory")
+            ]
+        else:
+            k = p.deviate_at
+            assert k is not None and 1 <= k < len(GOLD)
+            assert p.actions[:k] == GOLD[:k]  # the useful prefix
+            assert p.actions != GOLD
+        if p.mode == "wander":
+            assert len(p.actions) == 15
+
+
+def test_wrong_actions_are_plausible():
+    import random
+
+    rng = random.Random(0)
+    wrong = wrong_version("focus on butterfly", GOLD, rng)
+    assert wrong.startswith("focus on ") and wrong != "focus on butterfly"
+    wrong = wrong_version("go to kitchen", GOLD, rng)
+    assert wrong == "go to outside"
+    assert wrong_version("look around", GOLD, rng) in GOLD
+
+
+def test_gold_cache_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setenv("EEF_CACHE_DIR", str(tmp_path / "root"))
+    assert gold_mod.gold_cache_dir() == tmp_path / "root" / "gold"
+    path = gold_mod.gold_file(FIND)
+    assert path == tmp_path / "root" / "gold" / "scienceworld" / "easy" / "find-living-thing" / "0.json"
+    assert gold_mod.load_gold(FIND) is None
+    gold = gold_mod.GoldPath(
+        FIND, GOLD, "Your task is ...", "easy", "1.2.3", "2025-01-01T00:00:00+00:00", 0.1
+    )
+    gold_mod.save_gold(gold)
+    assert gold_mod.load_gold(FIND) == gold
+    assert gold_mod.gold_path(FIND) == gold  # from the cache: no game started
+    path.write_text("{not json")
+    assert gold_mod.load_gold(FIND) is None  # a corrupt file is ignored (and regenerated)
+    path.write_text(json.dumps({**gold.to_json(), "task_id": PLANT}))
+    assert gold_mod.load_gold(FIND) is None
+
+
+def test_traj_ids_are_deterministic():
+    assert traj_id_for("gold", FIND, 3) == f"gold/{FIND}"
+    assert traj_id_for("synthetic", FIND, 3) == f"synthetic/{FIND}/3"
+
+
+# --- in the game ----------------------------------------------------------------------------------------
+
+
+def test_gold_expert_generates_caches_and_succeeds(env, cache_dir):
+    gold = gold_mod.gold_path(LIFESPAN, env=env, cache_dir=cache_dir)
+    assert gold.actions and gold.instruction.startswith("Your task is to find the animal")
+    assert gold_mod.gold_file(LIFESPAN, cache_dir=cache_dir).exists()
+    assert gold_mod.gold_path(LIFESPAN, cache_dir=cache_dir) == gold  # cached, same actions
+    run = run_expert(env, LIFESPAN, "gold", gold=gold)
+    assert run.success and run.reward == 1.0 and run.new_gold is None
+    record = to_record(run, sw.find_task(LIFESPAN))
+    assert record.source == "expert" and record.expert == "gold" and record.success
+    assert record.traj_id == f"gold/{LIFESPAN}" and record.split == "train"
+    assert record.steps[-1].reward == 1.0 and all(s.thought is None for s in record.steps)
+    task = task_record(sw.find_task(LIFESPAN), run.instruction)
+    assert task.max_steps == 10 and task.instruction == gold.instruction
+
+
+def test_synthetic_expert_succeeds_and_fails_with_real_observations(env, cache_dir):
+    results = []
+    for task_id in (FIND, PLANT):
+        gold = gold_mod.gold_path(task_id, env=env, cache_dir=cache_dir)
+        reference = env.replay(gold.actions, task_id=task_id)
+        spec = sw.find_task(task_id)
+        for seed in range(5):
+            run = run_expert(env, task_id, "synthetic", seed=seed, gold=gold, max_steps=spec.max_steps)
+            record = to_record(run, spec)
+            assert record.expert == "synthetic" and record.meta["synthetic"] is True
+            assert record.source == "expert" and 0.0 <= record.reward <= 1.0
+            assert record.traj_id == f"synthetic/{task_id}/{seed}"
+            planned, _ = plan_actions("synthetic", gold, seed=seed, max_steps=spec.max_steps)
+            assert [s.action for s in record.steps] == planned[: len(record.steps)]
+            k = run.meta["deviate_at"] or 0
+            for step in range(min(k, len(record.steps))):  # the prefix is the gold path's, as played
+                assert same_observation(record.steps[step].observation, reference.observations[step])
+            results.append(record)
+    successes = [r for r in results if r.success]
+    failures = [r for r in results if not r.success]
+    assert successes and failures
+    assert all(r.reward < 1.0 for r in failures)
+    assert any(r.meta["mode"] in FAILURE_MODES and r.n_steps > 1 for r in failures)
