@@ -242,6 +242,39 @@ def export_cmd(
 
 @app.command()
 @user_errors
+def collect(
+    db: DbOption = store.DEFAULT_DB,
+    env: Annotated[str, typer.Option("--env", help="environment (scienceworld)")] = "scienceworld",
+    expert: Annotated[str, typer.Option("--expert", help="gold or synthetic (offline experts)")] = "gold",
+    tasks: Annotated[list[str] | None, typer.Option("--tasks", help="task names, e.g. boil (repeatable or comma-separated)")] = None,
+    task_id: Annotated[list[str] | None, typer.Option("--task-id", help="explicit task ids (repeatable)")] = None,
+    split: Annotated[list[str] | None, typer.Option("--split", help="train, dev or test (repeatable)")] = None,
+    catalog: Annotated[str, typer.Option("--catalog", help="eto (ETO's split) or package (the game's own)")] = "eto",
+    limit: Annotated[int | None, typer.Option("--limit", help="at most this many tasks")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="environment worker processes")] = 1,
+    seed: Annotated[list[int] | None, typer.Option("--seed", help="synthetic expert seeds (repeatable)")] = None,
+) -> None:
+    """Run an expert on tasks and store every trajectory (resumable: stored ones are skipped)."""
+    from eef_tasks.collect import collect_experts  # the environment stack loads only when needed
+
+    names = [name for item in tasks or [] for name in item.split(",") if name]
+    summary = collect_experts(
+        db, env, expert, task_ids=task_id or None, split=split or None, tasks=names or None,
+        catalog=catalog, limit=limit, n_workers=workers, seed=seed or [0],
+    )
+    out.print(
+        f"{expert} on {env}: {summary.requested} trajectories requested, {summary.already_stored} "
+        f"already stored, {summary.written} written ({summary.successes} successes), "
+        f"{len(summary.errors)} failed"
+    )
+    for traj_id, why in summary.errors:
+        err.print(f"[red]failed:[/red] {escape(traj_id)}: {escape(why)}")
+    if summary.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
 def demo(
     db: DbOption = Path("data/demo.duckdb"),
     n_tasks: Annotated[int, typer.Option("--tasks", help="synthetic tasks to generate")] = 60,

@@ -175,3 +175,16 @@ def test_import_killed_midway_leaves_all_or_nothing(tmp_path):
     eef("import", path, "--db", db, timeout=300)
     assert sql_json(db, "SELECT count(*) AS n, count(DISTINCT traj_id) AS d FROM trajectories") == [{"n": n, "d": n}]
     assert sql_json(db, "SELECT count(*) AS n FROM steps") == [{"n": n * 12}]
+
+
+def test_collect_then_see_failures_with_sql(tmp_path):
+    db = tmp_path / "store.duckdb"
+    args = ("collect", "--db", db, "--expert", "synthetic", "--tasks", "find-plant", "--split", "dev",
+            "--limit", "2", "--seed", "0", "--seed", "1", "--workers", "2")
+    out = eef(*args, timeout=300).stdout
+    assert "4 trajectories requested, 0 already stored, 4 written" in out
+    assert "4 already stored, 0 written" in eef(*args, timeout=300).stdout
+    rows = sql_json(db, "SELECT expert, count(*) AS n, min(reward) >= 0 AS ok FROM trajectories GROUP BY expert")
+    assert rows == [{"expert": "synthetic", "n": 4, "ok": True}]
+    tasks = sql_json(db, "SELECT DISTINCT env, split FROM tasks")
+    assert tasks == [{"env": "scienceworld", "split": "dev"}]

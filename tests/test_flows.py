@@ -30,3 +30,18 @@ def test_select_flow_writes_every_iteration(tmp_path, prefect_server):
     with store.reader(db) as con:
         assert con.execute("SELECT count(*) FROM training_examples").fetchall()[0][0] == sum(
             s["n_examples"] for s in summaries)
+
+
+def test_collect_flow_stores_trajectories_once(tmp_path, prefect_server):
+    from flows.collect import CollectParams, collect_flow
+
+    params = CollectParams(db=str(tmp_path / "c.duckdb"), expert="synthetic", split=["dev"],
+                           tasks=["find-living-thing"], limit=2, seeds=[0, 1])
+    first = collect_flow(params)
+    assert (first["requested"], first["written"], first["errors"]) == (4, 4, [])
+    again = collect_flow(params)
+    assert (again["already_stored"], again["written"]) == (4, 0)
+    with store.reader(params.db) as con:
+        rows = con.execute("SELECT count(*), count(DISTINCT traj_id), bool_and(expert = 'synthetic') "
+                           "FROM trajectories").fetchall()
+    assert rows == [(4, 4, True)]

@@ -25,10 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from eef_tasks.errors import UserError
+
 Split = Literal["train", "dev", "test"]
 
 
-class EnvError(Exception):
+class EnvError(UserError):
     """A problem with an environment that the caller can act on; the message says what to do."""
 
 

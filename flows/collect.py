@@ -1,0 +1,66 @@
+"""Collect flow: run an expert on a set of tasks and store every trajectory it produces.
+
+The story: pick the tasks, run the expert in a pool of environment workers, write each batch of
+finished trajectories in one transaction, and leave a summary artifact in the Prefect UI.
+Rerunning (or resuming a killed run) skips what is stored; nothing is written twice.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel, Field
+
+from eef_tasks import store
+
+
+class CollectParams(BaseModel):
+    """What to collect; shown as a form in the Prefect UI."""
+
+    db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store")
+    env: Literal["scienceworld"] = "scienceworld"
+    expert: Literal["gold", "synthetic"] = Field("gold", description="offline expert")
+    split: list[Literal["train", "dev", "test"]] = Field(default_factory=lambda: ["train"])
+    tasks: list[str] = Field(default_factory=list, description="task names, e.g. boil; empty = all")
+    task_ids: list[str] = Field(default_factory=list, description="explicit task ids; overrides split/tasks")
+    catalog: Literal["eto", "package"] = "eto"
+    limit: int | None = Field(None, ge=1, description="at most this many tasks")
+    seeds: list[int] = Field(default_factory=lambda: [0], description="synthetic expert seeds")
+    workers: int = Field(1, ge=1, le=16)
+
+
+@task(name="collect-expert-trajectories")
+def collect_trajectories(params: CollectParams) -> dict:
+    """Thin wrapper over eef_tasks.collect.collect_experts; returns the summary's counts."""
+    from eef_tasks.collect import collect_experts
+
+    summary = collect_experts(
+        params.db, params.env, params.expert,
+        task_ids=params.task_ids or None, split=None if params.task_ids else params.split,
+        tasks=params.tasks or None, catalog=params.catalog, limit=params.limit,
+        n_workers=params.workers, seed=params.seeds, progress=False,
+    )
+    return {
+        "requested": summary.requested, "already_stored": summary.already_stored,
+        "written": summary.written, "successes": summary.successes, "failures": summary.failures,
+        "errors": [f"{traj_id}: {why}" for traj_id, why in summary.errors],
+    }
+
+
+@flow(name="collect", log_prints=True)
+def collect_flow(params: CollectParams = CollectParams()) -> dict:
+    counts = collect_trajectories(params)
+    rows = "\n".join(f"| {key} | {value if key != 'errors' else len(value)} |" for key, value in counts.items())
+    create_markdown_artifact(
+        key=f"collect-{params.env}-{params.expert}",
+        markdown=f"## {params.expert} expert on {params.env}\n\n| | |\n|---|---|\n{rows}\n",
+        description="expert collection summary",
+    )
+    print(counts)
+    return counts
+
+
+if __name__ == "__main__":
+    collect_flow()
