@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(VENV)/bin/eef demo --db data/eef.duckdb
+	$(VENV)/bin/eef demo
 
 test: install
 	$(PY) -m pytest -q

@@ -1,7 +1,9 @@
 """Text environments behind one small interface (`base.Env`), their task catalogs and a pool of
 worker processes to run many episodes in parallel (`pool.EnvPool`).
 
-Task ids are '<env>/<task-name>/<variation>', e.g. 'scienceworld/boil/12'.
+Task ids are '<env>/<task-name>/<variation>', e.g. 'scienceworld/boil/12'; AgentGym's servers
+(`agentgym.AgentGymEnv`: WebShop, SciWorld, ALFWorld, BabyAI, TextCraft) use '<env>/<data_idx>',
+e.g. 'webshop/12'.
 """
 
 from __future__ import annotations
@@ -25,10 +27,28 @@ from eef_tasks.envs.base import (
 )
 
 ENVS = ("scienceworld",)
+AGENTGYM_ENVS = ("webshop", "sciworld", "alfworld", "babyai", "textcraft")
+AGENTGYM_PREFIX = "agentgym:"
+
+
+def _agentgym_env(name: str) -> str | None:
+    """'webshop' for 'agentgym:webshop' (or a bare AgentGym env name), else None."""
+    bare = name.removeprefix(AGENTGYM_PREFIX)
+    if name.startswith(AGENTGYM_PREFIX) or bare in AGENTGYM_ENVS:
+        return bare
+    return None
 
 
 def make_env(name: str = "scienceworld", **kwargs: Any) -> Env:
-    """An environment by name: 'scienceworld' -> ScienceWorld(**kwargs)."""
+    """An environment by name: 'scienceworld' -> ScienceWorld(**kwargs);
+    'agentgym:<env>' -> AgentGymEnv(<env>, **kwargs), e.g.
+    make_env('agentgym:webshop', base_url='http://127.0.0.1:36001') (base_url defaults to
+    $EEF_AGENTGYM_<ENV>_URL, then $EEF_AGENTGYM_URL)."""
+    agentgym_env = _agentgym_env(name)
+    if agentgym_env is not None:
+        from eef_tasks.envs.agentgym import AgentGymEnv
+
+        return AgentGymEnv(agentgym_env, **kwargs)
     from eef_tasks.envs.pool import make_env as _make
 
     return _make(name, kwargs)
@@ -41,11 +61,20 @@ def catalog(env: str = "scienceworld", split: Split | Sequence[Split] | None = N
         from eef_tasks.envs import scienceworld
 
         return scienceworld.catalog(split, **kwargs)
-    raise EnvError(f"unknown environment {env!r}; known: {', '.join(ENVS)}")
+    agentgym_env = _agentgym_env(env)
+    if agentgym_env is not None:
+        from eef_tasks.envs import agentgym
+
+        return agentgym.catalog(agentgym_env, split, **kwargs)
+    raise EnvError(f"unknown environment {env!r}; known: {', '.join(ENVS + AGENTGYM_ENVS)}")
 
 
 def find_task(task_id: str) -> TaskSpec:
     """The catalog entry of a task id."""
+    if task_id.split("/", 1)[0] in AGENTGYM_ENVS:
+        from eef_tasks.envs import agentgym
+
+        return agentgym.find_task(task_id)
     env, _, _ = parse_task_id(task_id)
     if env == "scienceworld":
         from eef_tasks.envs import scienceworld
@@ -55,7 +84,7 @@ def find_task(task_id: str) -> TaskSpec:
 
 
 __all__ = [
-    "ENVS", "Env", "EnvCrashed", "EnvError", "EpisodeOver", "ReplayResult", "StepResult",
-    "TaskSpec", "catalog", "find_drift", "find_task", "make_env", "make_task_id",
+    "AGENTGYM_ENVS", "ENVS", "Env", "EnvCrashed", "EnvError", "EpisodeOver", "ReplayResult",
+    "StepResult", "TaskSpec", "catalog", "find_drift", "find_task", "make_env", "make_task_id",
     "parse_task_id", "same_observation",
 ]
