@@ -49,9 +49,11 @@ def make_env(name: str = "scienceworld", **kwargs: Any) -> Env:
         from eef_tasks.envs.agentgym import AgentGymEnv
 
         return AgentGymEnv(agentgym_env, **kwargs)
-    from eef_tasks.envs.pool import make_env as _make
+    if name == "scienceworld":
+        from eef_tasks.envs.scienceworld import ScienceWorld
 
-    return _make(name, kwargs)
+        return ScienceWorld(**kwargs)
+    raise EnvError(f"unknown environment {name!r}; known: scienceworld, agentgym:<env>")
 
 
 def catalog(env: str = "scienceworld", split: Split | Sequence[Split] | None = None,

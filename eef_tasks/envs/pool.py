@@ -117,12 +117,10 @@ class JobFailed(EnvError):
 
 
 def make_env(env_name: str, env_kwargs: dict[str, Any]) -> Any:
-    """Build an environment by name (the pool's workers call this)."""
-    if env_name == "scienceworld":
-        from eef_tasks.envs.scienceworld import ScienceWorld
+    """Build an environment by name (the pool's workers call this): see eef_tasks.envs.make_env."""
+    from eef_tasks.envs import make_env as make_named_env
 
-        return ScienceWorld(**env_kwargs)
-    raise EnvError(f"unknown environment {env_name!r}; known: scienceworld")
+    return make_named_env(env_name, **env_kwargs)
 
 
 def _worker_main(conn: Connection, env_name: str, env_kwargs: dict[str, Any]) -> None:
