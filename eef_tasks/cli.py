@@ -252,25 +252,67 @@ def collect(
     catalog: Annotated[str, typer.Option("--catalog", help="eto (ETO's split) or package (the game's own)")] = "eto",
     limit: Annotated[int | None, typer.Option("--limit", help="at most this many tasks")] = None,
     workers: Annotated[int, typer.Option("--workers", help="environment worker processes")] = 1,
-    seed: Annotated[list[int] | None, typer.Option("--seed", help="synthetic expert seeds (repeatable)")] = None,
+    seed: Annotated[list[int] | None, typer.Option("--seed", help="expert seeds (repeatable)")] = None,
+    llm_config: Annotated[str | None, typer.Option("--llm-config", help="llm: settings as a JSON object or a JSON file")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="llm: model name sent to the endpoint")] = None,
+    base_url: Annotated[str | None, typer.Option("--base-url", help="llm: OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="llm: expert name stored in trajectories (e.g. gpt-4o)")] = None,
+    api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="llm: environment variable holding the API key")] = None,
+    api_key_secret: Annotated[str | None, typer.Option("--api-key-secret", help="llm: Prefect Secret block holding the API key")] = None,
 ) -> None:
-    """Run an expert on tasks and store every trajectory (resumable: stored ones are skipped)."""
+    """Run an expert (gold, synthetic or llm) on tasks and store every trajectory (resumable)."""
     from eef_tasks.collect import collect_experts  # the environment stack loads only when needed
 
-    names = [name for item in tasks or [] for name in item.split(",") if name]
+    llm = None
+    if expert == "llm":
+        llm = _json_settings(llm_config)
+        given = {"model": model, "base_url": base_url, "name": name,
+                 "api_key_env": api_key_env, "api_key_secret": api_key_secret}
+        llm.update({key: value for key, value in given.items() if value is not None})
+        llm = _llm_config(llm)
+    names = [task for item in tasks or [] for task in item.split(",") if task]
     summary = collect_experts(
         db, env, expert, task_ids=task_id or None, split=split or None, tasks=names or None,
-        catalog=catalog, limit=limit, n_workers=workers, seed=seed or [0],
+        catalog=catalog, limit=limit, n_workers=workers, seed=seed or [0], llm=llm,
     )
     out.print(
         f"{expert} on {env}: {summary.requested} trajectories requested, {summary.already_stored} "
         f"already stored, {summary.written} written ({summary.successes} successes), "
         f"{len(summary.errors)} failed"
     )
+    if summary.prompt_tokens or summary.completion_tokens:
+        out.print(f"tokens: {summary.prompt_tokens} prompt + {summary.completion_tokens} completion "
+                  f"(${summary.cost_usd:.4f})")
     for traj_id, why in summary.errors:
         err.print(f"[red]failed:[/red] {escape(traj_id)}: {escape(why)}")
     if summary.errors:
         raise typer.Exit(1)
+
+
+def _llm_config(settings: dict):
+    from pydantic import ValidationError
+
+    from eef_tasks.experts.llm import LLMExpertConfig
+
+    try:
+        return LLMExpertConfig.model_validate(settings)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"]) or "settings"
+        raise store.StoreError(f"LLM expert settings, {where}: {problem['msg']}") from None
+
+
+def _json_settings(value: str | None) -> dict:
+    """A JSON object given inline or as the path of a file holding one."""
+    if not value:
+        return {}
+    try:
+        settings = json.loads(value if value.lstrip().startswith("{") else Path(value).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise store.StoreError(f"--llm-config: not a JSON object or a readable JSON file: {exc}") from None
+    if not isinstance(settings, dict):
+        raise store.StoreError("--llm-config must be a JSON object")
+    return settings
 
 
 @app.command()

@@ -3,6 +3,10 @@
     from eef_tasks.collect import collect_experts
     summary = collect_experts("data/eef.duckdb", expert="gold", split="train", n_workers=2)
 
+An LLM expert (any OpenAI-compatible endpoint, `eef_tasks.experts.llm`) is collected the same way
+with `expert="llm", llm=LLMExpertConfig(name="gpt-4o", model="gpt-4o", ...)`; its trajectories
+are '<name>/<task_id>/<seed>' and carry token counts and cost in `meta`.
+
 - Trajectory ids are deterministic ('gold/<task_id>', 'synthetic/<task_id>/<seed>'), and ids
   already in the store are skipped before anything runs, so a rerun or an interrupted run picks up
   where it stopped (replays are not byte-deterministic, so re-running a stored trajectory could
@@ -45,6 +49,7 @@ from eef_tasks.store import StoreError, reader, writer
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 50
+LLM_EXPERT = "llm"  # eef_tasks.experts.llm.LLM_EXPERT (not imported: httpx loads only when used)
 
 
 @dataclass
@@ -67,6 +72,9 @@ class CollectSummary:
     batches: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)  # (traj_id, why)
     elapsed_s: float = 0.0
+    prompt_tokens: int = 0  # LLM expert: tokens sent and received (failed attempts included)
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,6 +86,9 @@ class CollectSummary:
             f"({self.successes} successes, {self.failures} failures), {self.written} written "
             f"in {self.batches} batches, {len(self.errors)} errors, "
             f"{self.gold_generated} gold paths generated, {self.elapsed_s:.1f} s"
+        ) + (
+            f", {self.prompt_tokens} prompt + {self.completion_tokens} completion tokens "
+            f"(${self.cost_usd:.4f})" if self.prompt_tokens or self.completion_tokens else ""
         )
 
 
@@ -178,16 +189,31 @@ def collect_experts(
     timeout_s: float = 600.0,
     progress: bool = True,
     pool: EnvPool | None = None,
+    llm: Any = None,
 ) -> CollectSummary:
-    """Run an offline expert ('gold' or 'synthetic') on tasks and store its trajectories.
+    """Run an offline expert ('gold' or 'synthetic') or, with `expert='llm'` and `llm` (an
+    `LLMExpertConfig` or its dict), an LLM expert on tasks and store its trajectories.
 
     Tasks: `task_ids`, or the `catalog` ('eto': ETO's split; 'package': the game's own) filtered
     by `split` and `tasks` (task names), first `limit`. `seed` may be a list (the synthetic expert
     gives one trajectory per seed; the gold expert ignores it). Resumable and idempotent: ids
     already stored are skipped. `pool` reuses running workers (its simplifications must match).
     """
+    if expert == LLM_EXPERT:
+        if llm is None:
+            raise EnvError("expert='llm' needs llm=LLMExpertConfig(...) (model, base_url, name, ...)")
+        from eef_tasks.experts.llm import collect_llm
+
+        return collect_llm(
+            db_path, llm, env, task_ids=task_ids, split=split, tasks=tasks, catalog=catalog,
+            limit=limit, n_workers=n_workers, seed=seed, batch_size=batch_size,
+            simplifications=simplifications, retries=retries, timeout_s=timeout_s,
+            progress=progress, pool=pool,
+        )
     if expert not in EXPERTS:
-        raise EnvError(f"unknown expert {expert!r}; offline experts: {', '.join(EXPERTS)}")
+        raise EnvError(
+            f"unknown expert {expert!r}; offline experts: {', '.join(EXPERTS)}, or {LLM_EXPERT!r}"
+        )
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     from eef_tasks.envs.scienceworld import DEFAULT_SIMPLIFICATIONS
@@ -327,37 +353,3 @@ class _progress:
 __all__ = [
     "CollectSummary", "collect_experts", "expert_job", "gold_job", "select_tasks", "stored_traj_ids",
 ]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m eef_tasks.collect --db data/eef.duckdb --expert gold --split train --workers 2`"""
-    import argparse
-
-    p = argparse.ArgumentParser(description="Collect offline expert trajectories into the store.")
-    p.add_argument("--db", required=True, type=Path)
-    p.add_argument("--env", default="scienceworld")
-    p.add_argument("--expert", default=GOLD_EXPERT, choices=EXPERTS)
-    p.add_argument("--split", action="append", choices=["train", "dev", "test"])
-    p.add_argument("--task", action="append", help="task name filter (repeatable)")
-    p.add_argument("--task-id", action="append", help="explicit task id (repeatable)")
-    p.add_argument("--catalog", default="eto", choices=["eto", "package"])
-    p.add_argument("--limit", type=int)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--seed", type=int, action="append", help="synthetic expert seed (repeatable)")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    p.add_argument("--cache-dir", type=Path)
-    p.add_argument("--success-rate", type=float, default=DEFAULT_SUCCESS_RATE)
-    args = p.parse_args(argv)
-    summary = collect_experts(
-        args.db, args.env, args.expert, task_ids=args.task_id, split=args.split, tasks=args.task,
-        catalog=args.catalog, limit=args.limit, n_workers=args.workers, seed=args.seed or [0],
-        batch_size=args.batch_size, cache_dir=args.cache_dir, success_rate=args.success_rate,
-    )
-    print(summary)
-    for traj_id, why in summary.errors:
-        print(f"  failed: {traj_id}: {why}")
-    return 1 if summary.errors else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

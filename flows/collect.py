@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
 from eef_tasks import store
+from eef_tasks.experts.llm import LLMExpertConfig
 
 
 class CollectParams(BaseModel):
@@ -21,7 +22,7 @@ class CollectParams(BaseModel):
 
     db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store")
     env: Literal["scienceworld"] = "scienceworld"
-    expert: Literal["gold", "synthetic"] = Field("gold", description="offline expert")
+    expert: Literal["gold", "synthetic", "llm"] = Field("gold", description="gold, synthetic or an LLM endpoint")
     split: list[Literal["train", "dev", "test"]] = Field(default_factory=lambda: ["train"])
     tasks: list[str] = Field(default_factory=list, description="task names, e.g. boil; empty = all")
     task_ids: list[str] = Field(default_factory=list, description="explicit task ids; overrides split/tasks")
@@ -29,6 +30,8 @@ class CollectParams(BaseModel):
     limit: int | None = Field(None, ge=1, description="at most this many tasks")
     seeds: list[int] = Field(default_factory=lambda: [0], description="synthetic expert seeds")
     workers: int = Field(1, ge=1, le=16)
+    llm: LLMExpertConfig | None = Field(
+        None, description="expert = llm: endpoint, model, API key source (env var or Prefect Secret), prices")
 
 
 @task(name="collect-expert-trajectories")
@@ -40,11 +43,13 @@ def collect_trajectories(params: CollectParams) -> dict:
         params.db, params.env, params.expert,
         task_ids=params.task_ids or None, split=None if params.task_ids else params.split,
         tasks=params.tasks or None, catalog=params.catalog, limit=params.limit,
-        n_workers=params.workers, seed=params.seeds, progress=False,
+        n_workers=params.workers, seed=params.seeds, progress=False, llm=params.llm,
     )
     return {
         "requested": summary.requested, "already_stored": summary.already_stored,
         "written": summary.written, "successes": summary.successes, "failures": summary.failures,
+        "prompt_tokens": summary.prompt_tokens, "completion_tokens": summary.completion_tokens,
+        "cost_usd": round(summary.cost_usd, 6),
         "errors": [f"{traj_id}: {why}" for traj_id, why in summary.errors],
     }
 
