@@ -63,6 +63,7 @@ from eef_tasks.envs.base import (
     StepResult,
     TaskSpec,
     find_drift,
+    replay_steps,
 )
 
 logger = logging.getLogger(__name__)
@@ -753,29 +754,9 @@ class AgentGymEnv:
         if task_id is None:
             raise EpisodeOver("replay needs a task: pass task_id= or reset(task_id) first")
         self.reset(task_id, max_steps=max_steps)
-        observations: list[str] = []
-        rewards: list[float] = []
-        infos: list[dict[str, Any]] = []
-        reward = self._reward
-        for action in actions:
-            if self._done:
-                break
-            result = self.step(action)
-            observations.append(result.observation)
-            rewards.append(result.reward)
-            infos.append(result.info)
-            reward = result.reward
-        return ReplayResult(
-            task_id=task_id,
-            instruction=self._instruction,
-            initial_observation=self._initial_observation,
-            observations=observations,
-            rewards=rewards,
-            reward=reward,
-            done=self._done,
-            drift=find_drift(observations, recorded_observations),
-            n_requested=len(actions),
-            infos=infos,
+        return replay_steps(
+            self, task_id, self._instruction, self._initial_observation, actions,
+            recorded_observations, self._reward,
         )
 
     # -- extras --

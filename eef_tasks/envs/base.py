@@ -125,6 +125,45 @@ class ReplayResult:
         return self.n_requested - self.n_steps
 
 
+def replay_steps(
+    env: Any,
+    task_id: str,
+    instruction: str,
+    initial_observation: str,
+    actions: Sequence[str],
+    recorded_observations: Sequence[str] | None,
+    start_reward: float,
+) -> ReplayResult:
+    """Apply `actions` to an environment just reset to `task_id`, until the episode ends.
+
+    The shared body of every `Env.replay`: the environment is left in the state after the
+    replay, so a policy can continue from it (a simulation from an expert state).
+    """
+    observations: list[str] = []
+    rewards: list[float] = []
+    infos: list[dict[str, Any]] = []
+    reward, done = start_reward, False
+    for action in actions:
+        if done:
+            break
+        result = env.step(action)
+        observations.append(result.observation)
+        rewards.append(result.reward)
+        infos.append(result.info)
+        reward, done = result.reward, result.done
+    return ReplayResult(
+        task_id=task_id,
+        instruction=instruction,
+        initial_observation=initial_observation,
+        observations=observations,
+        rewards=rewards,
+        reward=reward,
+        done=done,
+        drift=find_drift(observations, recorded_observations),
+        n_requested=len(actions),
+        infos=infos,
+    )
+
 @runtime_checkable
 class Env(Protocol):
     """A text environment running one episode at a time."""
