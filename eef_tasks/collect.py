@@ -169,6 +169,23 @@ def _keep_gold(gold: GoldPath, cache_dir: str | Path | None, summary: CollectSum
     return gold
 
 
+def pending_episodes(
+    db_path: str | Path, expert: str, specs: Sequence[TaskSpec], seeds: Sequence[int],
+    summary: CollectSummary,
+) -> list[tuple[TaskSpec, int]]:
+    """The (task, seed) episodes whose trajectory is not stored yet; counts both in `summary`."""
+    stored = stored_traj_ids(db_path, expert)
+    todo = []
+    for spec in specs:
+        for seed in seeds:
+            summary.requested += 1
+            if traj_id_for(expert, spec.task_id, seed) in stored:
+                summary.already_stored += 1
+            else:
+                todo.append((spec, seed))
+    return todo
+
+
 def collect_experts(
     db_path: str | Path,
     env: str = "scienceworld",
@@ -224,15 +241,7 @@ def collect_experts(
     specs = select_tasks(env, task_ids=task_ids, split=split, tasks=tasks, catalog=catalog, limit=limit)
     seeds = [0] if expert == GOLD_EXPERT else ([seed] if isinstance(seed, int) else list(seed))
 
-    stored = stored_traj_ids(db_path, expert)
-    todo: list[tuple[TaskSpec, int]] = []
-    for spec in specs:
-        for s in seeds:
-            summary.requested += 1
-            if traj_id_for(expert, spec.task_id, s) in stored:
-                summary.already_stored += 1
-            else:
-                todo.append((spec, s))
+    todo = pending_episodes(db_path, expert, specs, seeds, summary)
     if not todo:
         summary.elapsed_s = time.monotonic() - started
         return summary
@@ -351,5 +360,6 @@ class _progress:
 
 
 __all__ = [
-    "CollectSummary", "collect_experts", "expert_job", "gold_job", "select_tasks", "stored_traj_ids",
+    "CollectSummary", "collect_experts", "expert_job", "gold_job", "pending_episodes", "select_tasks",
+    "stored_traj_ids",
 ]

@@ -679,7 +679,7 @@ def collect_llm(
     """Run the LLM expert on tasks and store every trajectory (`collect_experts(expert='llm')`
     calls this). Resumable like the offline experts: traj_ids already stored are skipped before
     any request is made. Returns a `CollectSummary` with token and cost totals."""
-    from eef_tasks.collect import CollectSummary, _progress, select_tasks, stored_traj_ids
+    from eef_tasks.collect import CollectSummary, _progress, pending_episodes, select_tasks
     from eef_tasks.envs.scienceworld import DEFAULT_SIMPLIFICATIONS, SCIENCEWORLD_VERSION
     from eef_tasks.experts import task_record, traj_id_for
     from eef_tasks.records import write_trajectories
@@ -695,15 +695,7 @@ def collect_llm(
     summary = CollectSummary(db_path=str(db_path), env=env, expert=name)
     specs = select_tasks(env, task_ids=task_ids, split=split, tasks=tasks, catalog=catalog, limit=limit)
     seeds = [seed] if isinstance(seed, int) else list(seed)
-    stored = stored_traj_ids(db_path, name)
-    todo: list[tuple[TaskSpec, int]] = []
-    for spec in specs:
-        for s in seeds:
-            summary.requested += 1
-            if traj_id_for(name, spec.task_id, s) in stored:
-                summary.already_stored += 1
-            else:
-                todo.append((spec, s))
+    todo = pending_episodes(db_path, name, specs, seeds, summary)
     if not todo:
         summary.elapsed_s = time.monotonic() - started
         return summary
