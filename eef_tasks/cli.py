@@ -317,6 +317,40 @@ def _json_settings(value: str | None) -> dict:
 
 @app.command()
 @user_errors
+def train(
+    run: Annotated[str, typer.Option("--run", help="the run whose examples to train on")],
+    iteration: Annotated[int, typer.Option("--iteration")],
+    method: Annotated[Method, typer.Option("--method")],
+    db: DbOption = store.DEFAULT_DB,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="adapter folder (default data/adapters/<run>/<method>-it<N>)")] = None,
+    base_model: Annotated[str | None, typer.Option("--base-model", help="local path or name (default: SmolLM2-135M-Instruct)")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs")] = None,
+    lr: Annotated[float | None, typer.Option("--lr")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="effective batch (gradient accumulation)")] = None,
+    micro_batch: Annotated[int | None, typer.Option("--micro-batch")] = None,
+    max_length: Annotated[int | None, typer.Option("--max-length")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing adapter")] = False,
+) -> None:
+    """Train a fresh LoRA adapter on one run/iteration/method's training_examples (loss on actions only)."""
+    from eef_tasks import training
+
+    given = {"epochs": epochs, "learning_rate": lr, "batch_size": batch_size, "micro_batch": micro_batch,
+             "max_length": max_length, "max_steps": max_steps, "seed": seed}
+    config = training.TrainConfig(**{key: value for key, value in given.items() if value is not None})
+    out_dir = out_dir or training.default_adapter_dir(run, iteration, method.value)
+    info = training.train_adapter(db, run, iteration, method.value, out_dir, config,
+                                  base_model=base_model, overwrite=overwrite)
+    out.print(
+        f"adapter {info.path}: {info.n_examples} examples, {info.n_supervised_tokens} supervised of "
+        f"{info.n_tokens} tokens, {info.n_optimizer_steps} optimizer steps, final loss "
+        f"{info.final_loss if info.final_loss is None else round(info.final_loss, 4)}, {info.wall_s:.0f} s"
+    )
+
+
+@app.command()
+@user_errors
 def demo(
     db: DbOption = Path("data/demo.duckdb"),
     n_tasks: Annotated[int, typer.Option("--tasks", help="synthetic tasks to generate")] = 60,

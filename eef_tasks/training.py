@@ -1,0 +1,486 @@
+"""LoRA fine-tuning of the policy on one iteration's training examples (METHOD.md steps 1 and 2.7).
+
+`train_adapter(db, run_id, iteration, method, out_dir)` reads the examples that `eef select` wrote
+(`training_examples`), turns each into its chat (`chat.load_chat` with the example's
+`loss_from_step`), tokenizes it with the base model's own chat template (`tokenization.encode_chat`:
+loss only on the supervised assistant turns and their end-of-turn token) and trains a **fresh**
+LoRA adapter on the base model.
+
+Defaults follow METHOD.md: 6 epochs, learning rate 5e-5, batch 64 (an effective batch reached by
+gradient accumulation over micro-batches). The loss of an optimizer step is the mean over all
+supervised tokens of its whole effective batch (not a mean of per-micro-batch means), so long and
+short examples weigh by their action tokens. Batches are length-grouped: each epoch shuffles the
+examples, cuts them into megabatches, sorts each megabatch by length and cuts it into
+micro-batches, so little padding is computed; padding never enters the loss. On CUDA the model
+runs in bfloat16 with gradient checkpointing, on CPU in float32. Everything random (LoRA init,
+dropout, shuffling) follows `seed`: on CPU the same seed gives the same adapter weights.
+
+The adapter folder (`save_pretrained`, plus the tokenizer and `eef-train.json` with the config,
+base model, example keys, token counts and losses) is written to a temporary folder beside
+`out_dir` and renamed into place, so a reader never sees half an adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+from pydantic import BaseModel, ConfigDict, Field
+
+from eef_tasks.chat import Turn, load_chat
+from eef_tasks.errors import UserError
+from eef_tasks.selection import check_request
+from eef_tasks.store import reader
+from eef_tasks.tokenization import IGNORE_INDEX, EncodedChat, encode_chat
+
+logger = logging.getLogger(__name__)
+
+TRAIN_FILE = "eef-train.json"
+DEFAULT_ADAPTERS_DIR = Path("data/adapters")
+
+
+class TrainingError(UserError):
+    """Training cannot start or its output cannot be written; the message says why."""
+
+
+class TrainConfig(BaseModel):
+    """Hyper-parameters of one adapter; defaults from METHOD.md (6 epochs, lr 5e-5, batch 64)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(default=6, ge=1)
+    learning_rate: float = Field(default=5e-5, gt=0)
+    batch_size: int = Field(default=64, ge=1, description="effective batch (examples per optimizer step)")
+    micro_batch: int = Field(default=4, ge=1, description="examples per forward/backward pass")
+    max_length: int = Field(default=4096, ge=16, description="tokens per example; see tokenization")
+    megabatch: int = Field(default=16, ge=1, description="micro-batches per length-grouping megabatch")
+    lora_r: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: str | list[str] = Field(
+        default="all-linear", description="peft target_modules; 'all-linear': every linear projection but the output head"
+    )
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_ratio: float = Field(default=0.03, ge=0, le=1)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1, description="stop after this many optimizer steps")
+    seed: int = 0
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    gradient_checkpointing: bool | None = Field(default=None, description="None: on with CUDA")
+    device: str | None = Field(default=None, description="None: cuda when available, else cpu")
+
+    @property
+    def accumulation_steps(self) -> int:
+        return max(1, math.ceil(self.batch_size / self.micro_batch))
+
+
+@dataclass(frozen=True)
+class ExampleKey:
+    """Which training_examples row a chat comes from."""
+
+    run_id: str
+    iteration: int
+    method: str
+    traj_id: str
+    loss_from_step: int
+    state_kind: str
+    state_traj_id: str | None
+    state_step: int
+    task_id: str
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    path: str
+    base_model: str
+    run_id: str
+    iteration: int
+    method: str
+    n_examples: int
+    n_tokens: int
+    n_supervised_tokens: int
+    n_truncated: int
+    n_optimizer_steps: int
+    final_loss: float | None
+    wall_s: float
+
+
+def load_training_chats(
+    db: str | Path | duckdb.DuckDBPyConnection, run_id: str, iteration: int, method: str
+) -> list[tuple[ExampleKey, list[Turn]]]:
+    """The chat of every selected example of (run, iteration, method), in a canonical order."""
+    check_request(iteration, method)
+    if isinstance(db, duckdb.DuckDBPyConnection):
+        return _load_chats(db, run_id, iteration, method)
+    with reader(db) as con:
+        return _load_chats(con, run_id, iteration, method)
+
+
+def _load_chats(con: duckdb.DuckDBPyConnection, run_id: str, iteration: int, method: str):
+    rows = con.execute(
+        """SELECT run_id, iteration, method, traj_id, loss_from_step, state_kind, state_traj_id,
+                  state_step, task_id
+           FROM training_examples
+           WHERE run_id = $run_id AND iteration = $iteration AND method = $method
+           ORDER BY task_id, state_kind, state_traj_id NULLS FIRST, state_step, traj_id""",
+        {"run_id": run_id, "iteration": iteration, "method": method},
+    ).fetchall()
+    if not rows:
+        raise TrainingError(
+            f"no training examples for run {run_id!r}, iteration {iteration}, method {method!r}: "
+            f"run `eef select --run {run_id} --iteration {iteration} --method {method}` first"
+        )
+    out = []
+    for row in rows:
+        key = ExampleKey(*row)
+        out.append((key, load_chat(con, key.traj_id, key.loss_from_step)))
+    return out
+
+
+# --- batching -----------------------------------------------------------------------------------
+
+
+def length_grouped_batches(lengths: list[int], micro_batch: int, megabatch: int, rng: random.Random) -> list[list[int]]:
+    """Micro-batches of example indices: shuffled, then sorted by length within each megabatch."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    size = micro_batch * megabatch
+    batches: list[list[int]] = []
+    for start in range(0, len(order), size):
+        mega = sorted(order[start : start + size], key=lambda i: -lengths[i])
+        batches.extend(mega[j : j + micro_batch] for j in range(0, len(mega), micro_batch))
+    return batches
+
+
+def collate(examples: list[EncodedChat], pad_id: int) -> dict[str, Any]:
+    """Right-padded tensors; padding has attention 0 and label IGNORE_INDEX."""
+    import torch
+
+    width = max(len(e) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _n_loss_tokens(e: EncodedChat) -> int:
+    """Supervised tokens that get a loss after the causal shift (the first token has no prediction)."""
+    return sum(1 for label in e.labels[1:] if label != IGNORE_INDEX)
+
+
+def _summed_loss(model: Any, batch: dict[str, Any], device: Any):
+    import torch
+
+    ids = batch["input_ids"].to(device)
+    mask = batch["attention_mask"].to(device)
+    labels = batch["labels"].to(device)
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    return torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX, reduction="sum",
+    )
+
+
+def mean_loss(model: Any, examples: list[EncodedChat], pad_id: int, micro_batch: int = 4) -> float:
+    """Mean loss per supervised token of `examples` (no gradient, dropout off)."""
+    import torch
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), micro_batch):
+            chunk = examples[start : start + micro_batch]
+            total += float(_summed_loss(model, collate(chunk, pad_id), device))
+            n += sum(_n_loss_tokens(e) for e in chunk)
+    model.train(was_training)
+    return total / max(n, 1)
+
+
+# --- model set-up -------------------------------------------------------------------------------
+
+
+def _device_and_dtype(config: TrainConfig):
+    import torch
+
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if config.dtype != "auto":
+        dtype = getattr(torch, config.dtype)
+    elif device.type == "cuda" and torch.cuda.is_bf16_supported():
+        dtype = torch.bfloat16
+    else:
+        dtype = torch.float32
+    checkpointing = device.type == "cuda" if config.gradient_checkpointing is None else config.gradient_checkpointing
+    return device, dtype, checkpointing
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def _scheduler(optimizer: Any, config: TrainConfig, total_steps: int):
+    from transformers import (
+        get_constant_schedule_with_warmup,
+        get_cosine_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
+
+    warmup = int(round(config.warmup_ratio * total_steps))
+    if config.lr_scheduler == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warmup)
+    make = get_cosine_schedule_with_warmup if config.lr_scheduler == "cosine" else get_linear_schedule_with_warmup
+    return make(optimizer, warmup, total_steps)
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]train[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), TextColumn("loss {task.fields[loss]}"),
+        disable=not enabled, transient=True,
+    )
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def train_adapter(
+    db: str | Path | duckdb.DuckDBPyConnection,
+    run_id: str,
+    iteration: int,
+    method: str,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    base_model: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> AdapterInfo:
+    """Train a fresh LoRA adapter on (run, iteration, method)'s examples and save it in `out_dir`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eef_tasks.models import resolve_model
+
+    config = config or TrainConfig()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise TrainingError(f"{out_dir} exists already: pass overwrite=True to replace it")
+    started = time.monotonic()
+    chats = load_training_chats(db, run_id, iteration, method)
+    base = resolve_model(base_model)
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    encoded: list[EncodedChat] = []
+    keys: list[ExampleKey] = []
+    skipped: list[dict] = []
+    for key, turns in chats:
+        try:
+            e = encode_chat(tokenizer, turns, config.max_length)
+        except UserError as exc:
+            raise TrainingError(f"example {key.traj_id} (from step {key.loss_from_step}): {exc}") from exc
+        if _n_loss_tokens(e) == 0:
+            skipped.append({**asdict(key), "why": "no supervised tokens"})
+            continue
+        encoded.append(e)
+        keys.append(key)
+    if not encoded:
+        raise TrainingError(f"none of the {len(chats)} examples has a supervised action to train on")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        pad_id = 0  # padding is masked out of attention and loss, any id does
+
+    device, dtype, checkpointing = _device_and_dtype(config)
+    _seed_everything(config.seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    model.to(device)
+    if checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+        model.config.use_cache = False
+    lora = LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=config.target_modules, task_type="CAUSAL_LM", bias="none",
+    )
+    _seed_everything(config.seed)  # the LoRA initialisation depends only on the seed
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(model, lora)
+    model.train()
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    lengths = [len(e) for e in encoded]
+    n_micro = math.ceil(len(encoded) / config.micro_batch)
+    steps_per_epoch = math.ceil(n_micro / config.accumulation_steps)
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    scheduler = _scheduler(optimizer, config, total_steps)
+
+    rng = random.Random(config.seed)
+    losses: list[float] = []
+    step = 0
+    with _progress(progress) as bar:
+        task = bar.add_task(f"{run_id} {method} it{iteration}", total=total_steps, loss="-")
+        for epoch in range(config.epochs):
+            batches = length_grouped_batches(lengths, config.micro_batch, config.megabatch, rng)
+            for g in range(0, len(batches), config.accumulation_steps):
+                if step >= total_steps:
+                    break
+                group = batches[g : g + config.accumulation_steps]
+                n_tokens = sum(_n_loss_tokens(encoded[i]) for b in group for i in b)
+                total = 0.0
+                for b in group:
+                    loss = _summed_loss(model, collate([encoded[i] for i in b], pad_id), device) / n_tokens
+                    loss.backward()
+                    total += float(loss.detach())
+                if config.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(total)
+                step += 1
+                bar.update(task, advance=1, loss=f"{total:.4f}", description=f"{run_id} {method} it{iteration} epoch {epoch + 1}")
+                logger.debug("step %d epoch %d loss %.4f", step, epoch + 1, total)
+
+    info = AdapterInfo(
+        path=str(out_dir),
+        base_model=str(base),
+        run_id=run_id,
+        iteration=iteration,
+        method=method,
+        n_examples=len(encoded),
+        n_tokens=sum(lengths),
+        n_supervised_tokens=sum(e.n_supervised_tokens for e in encoded),
+        n_truncated=sum(e.truncated for e in encoded),
+        n_optimizer_steps=step,
+        final_loss=losses[-1] if losses else None,
+        wall_s=round(time.monotonic() - started, 3),
+    )
+    record = {
+        **asdict(info),
+        "config": config.model_dump(),
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "gradient_checkpointing": checkpointing,
+        "losses": losses,
+        "examples": [
+            {**asdict(k), "n_tokens": len(e), "n_supervised_tokens": e.n_supervised_tokens,
+             "truncated": e.truncated, "n_dropped_turns": e.n_dropped_turns}
+            for k, e in zip(keys, encoded)
+        ],
+        "skipped": skipped,
+    }
+    _write_atomically(out_dir, model, tokenizer, record, overwrite=overwrite)
+    return info
+
+
+def _write_atomically(out_dir: Path, model: Any, tokenizer: Any, record: dict, *, overwrite: bool) -> None:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    old = None
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / TRAIN_FILE).write_text(json.dumps(record, indent=1) + "\n")
+        os.chmod(tmp, 0o755)
+        if out_dir.exists():
+            if not overwrite:
+                raise TrainingError(f"{out_dir} appeared while training: pass overwrite=True to replace it")
+            old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
+            os.rename(out_dir, old)
+        os.rename(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def read_train_record(adapter_dir: str | Path) -> dict | None:
+    """The eef-train.json of an adapter folder, or None when there is no finished adapter there."""
+    path = Path(adapter_dir) / TRAIN_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def default_adapter_dir(run_id: str, iteration: int, method: str, root: str | Path = DEFAULT_ADAPTERS_DIR) -> Path:
+    """data/adapters/<run>/<method>-it<iteration>"""
+    return Path(root) / run_id / f"{method}-it{iteration}"
+
+
+def load_policy(base_model: str | Path | None, adapter_dir: str | Path, *, device: str | None = None,
+                dtype: str = "auto", merge: bool = False):
+    """(model, tokenizer) of the base model with the adapter applied, in eval mode.
+
+    `base_model` None means the base recorded in the adapter's eef-train.json (else the default
+    model). With `merge` the LoRA weights are folded into the base weights (faster generation).
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eef_tasks.models import resolve_model
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise TrainingError(f"{adapter_dir} is not a LoRA adapter folder (no adapter_config.json)")
+    if base_model is None:
+        record = read_train_record(adapter_dir)
+        base_model = record["base_model"] if record else None
+    base = resolve_model(base_model)
+    device_t = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtype != "auto":
+        torch_dtype = getattr(torch, dtype)
+    elif device_t.type == "cuda" and torch.cuda.is_bf16_supported():
+        torch_dtype = torch.bfloat16
+    else:
+        torch_dtype = torch.float32
+    tok_source = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base
+    tokenizer = AutoTokenizer.from_pretrained(tok_source)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    if merge:
+        model = model.merge_and_unload()
+    model.to(device_t)
+    model.eval()
+    return model, tokenizer
+
+
+__all__ = [
+    "AdapterInfo", "ExampleKey", "TRAIN_FILE", "TrainConfig", "TrainingError", "collate",
+    "default_adapter_dir", "length_grouped_batches", "load_policy", "load_training_chats",
+    "mean_loss", "read_train_record", "train_adapter",
+]

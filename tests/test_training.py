@@ -1,0 +1,192 @@
+"""LoRA training on CPU with the real SmolLM2 and a real store: the loss goes down, the adapter
+reloads and generates, eef-train.json lists the examples, and the same seed gives the same adapter."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+pytest.importorskip("transformers")
+
+from eef_tasks import models, store  # noqa: E402
+from eef_tasks.records import StepRecord, TrajectoryRecord, write_trajectories  # noqa: E402
+from eef_tasks.selection import select_examples  # noqa: E402
+from eef_tasks.tokenization import IGNORE_INDEX, encode_chat  # noqa: E402
+from eef_tasks.training import (  # noqa: E402
+    TRAIN_FILE,
+    TrainConfig,
+    TrainingError,
+    collate,
+    length_grouped_batches,
+    load_policy,
+    load_training_chats,
+    mean_loss,
+    read_train_record,
+    train_adapter,
+)
+
+try:
+    BASE = models.default_model_path()
+except models.ModelError as exc:  # pragma: no cover - depends on the installation
+    pytest.skip(str(exc), allow_module_level=True)
+
+RUN = "run-t"
+# tiny on purpose (2 cores): 2 optimizer steps of 3 examples, LoRA on q/v only
+CONFIG = TrainConfig(epochs=2, learning_rate=3e-3, batch_size=4, micro_batch=4, max_length=256,
+                     lora_r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["q_proj", "v_proj"],
+                     warmup_ratio=0.0, lr_scheduler="constant", seed=7)
+
+
+def _traj(task: str, instruction: str, actions: list[str], reward: float, **kw) -> TrajectoryRecord:
+    return TrajectoryRecord(
+        task_id=task, env="toy", split="train", instruction=instruction, source="expert",
+        expert="gold", reward=reward,
+        steps=[StepRecord(thought=None, action=a, observation=f"You did: {a}.") for a in actions], **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("store") / "eef.duckdb"
+    with store.writer(path) as con:
+        write_trajectories(con, [
+            _traj("boil-1", "Your task is to boil water.", ["teleport to kitchen", "activate stove"], 1.0),
+            _traj("melt-1", "Your task is to melt ice.", ["open freezer", "pick up ice", "activate stove"], 1.0),
+            _traj("grow-1", "Your task is to grow a plant.", ["teleport to greenhouse", "water plant"], 1.0),
+            _traj("fail-1", "Your task is to freeze water.", ["look around", "wait"], 0.0),
+        ])
+        select_examples(con, RUN, 0, "bc")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(db, tmp_path_factory):
+    out = tmp_path_factory.mktemp("adapters") / RUN / "bc-it0"
+    info = train_adapter(db, RUN, 0, "bc", out, CONFIG, progress=False)
+    return out, info
+
+
+def test_load_training_chats_uses_the_selected_examples(db):
+    chats = load_training_chats(db, RUN, 0, "bc")
+    assert sorted(k.task_id for k, _ in chats) == ["boil-1", "grow-1", "melt-1"]  # successes only
+    for key, turns in chats:
+        assert key.loss_from_step == 0 and key.method == "bc"
+        assert [t.supervised for t in turns if t.role == "assistant"] == [True] * sum(t.role == "assistant" for t in turns)
+    with pytest.raises(TrainingError, match="eef select"):
+        load_training_chats(db, RUN, 1, "eef")
+
+
+def test_length_grouped_batches_cover_every_example_once():
+    import random
+
+    lengths = [5, 50, 7, 49, 6, 48, 8, 47, 9]
+    batches = length_grouped_batches(lengths, micro_batch=2, megabatch=2, rng=random.Random(0))
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:  # sorted longest first within each megabatch
+        assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
+
+
+def test_padding_is_never_in_the_loss(db):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(BASE)
+    encoded = [encode_chat(tokenizer, turns) for _, turns in load_training_chats(db, RUN, 0, "bc")]
+    batch = collate(encoded, tokenizer.pad_token_id)
+    for row, e in enumerate(encoded):
+        assert batch["attention_mask"][row].sum() == len(e)
+        assert (batch["labels"][row, len(e):] == IGNORE_INDEX).all()
+
+
+@pytest.mark.slow
+def test_training_lowers_the_loss_and_records_the_examples(db, trained):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, info = trained
+    tokenizer = AutoTokenizer.from_pretrained(BASE)
+    encoded = [encode_chat(tokenizer, turns, 256) for _, turns in load_training_chats(db, RUN, 0, "bc")]
+    before = mean_loss(AutoModelForCausalLM.from_pretrained(BASE), encoded, tokenizer.pad_token_id)
+    model, _ = load_policy(None, out)
+    after = mean_loss(model, encoded, tokenizer.pad_token_id)
+    assert after < before * 0.8, (before, after)
+
+    assert info.n_examples == 3 and info.n_optimizer_steps == 2  # one step per epoch
+    record = read_train_record(out)
+    assert record["base_model"] == str(BASE) and record["config"] == CONFIG.model_dump()
+    assert sorted(e["task_id"] for e in record["examples"]) == ["boil-1", "grow-1", "melt-1"]
+    for e in record["examples"]:
+        assert (e["run_id"], e["iteration"], e["method"], e["state_step"], e["loss_from_step"]) == (RUN, 0, "bc", 0, 0)
+        assert e["traj_id"].startswith("expert-") and e["n_supervised_tokens"] > 0
+    assert record["final_loss"] == record["losses"][-1] == info.final_loss
+    assert (out / "adapter_model.safetensors").is_file() and (out / TRAIN_FILE).is_file()
+    assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(TrainingError, match="exists"):
+        train_adapter(db, RUN, 0, "bc", out, CONFIG, progress=False)
+
+
+@pytest.mark.slow
+def test_adapter_reloads_and_generates(trained):
+    out, _ = trained
+    model, tokenizer = load_policy(None, out)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Your task is to boil water."}], add_generation_prompt=True,
+        return_tensors="pt", return_dict=True,
+    )
+    with torch.no_grad():
+        gen = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+    assert gen.shape[1] > prompt["input_ids"].shape[1]
+    assert tokenizer.decode(gen[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+@pytest.mark.slow
+def test_same_seed_gives_the_same_adapter(db, trained, tmp_path):
+    from safetensors.torch import load_file
+
+    out, info = trained
+    again = tmp_path / "again"
+    info2 = train_adapter(db, RUN, 0, "bc", again, CONFIG, progress=False)
+    first = load_file(out / "adapter_model.safetensors")
+    second = load_file(again / "adapter_model.safetensors")
+    assert first.keys() == second.keys() and first
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    assert info2.final_loss == info.final_loss
+    assert json.loads((again / TRAIN_FILE).read_text())["examples"] == read_train_record(out)["examples"]
+
+
+def test_eef_examples_keep_harmful_expert_actions_as_context(tmp_path):
+    """A need-recover state s2: its example (the simulation from s3) is supervised from step 2 on."""
+    expert = _traj("fail-2", "Your task is to freeze water.", [f"expert {k}" for k in range(6)], 0.0,
+                   traj_id="exp-fail-2")
+
+    def policy(purpose: str, branch: int, reward: float, tail: list[str]) -> TrajectoryRecord:
+        actions = [f"expert {k}" for k in range(branch)] + tail
+        return TrajectoryRecord(
+            traj_id=f"{purpose}-{branch}", task_id="fail-2", run_id=RUN, source="policy",
+            model_id="m", iteration=1, purpose=purpose, reward=reward,
+            branch_traj_id="exp-fail-2" if branch else None, branch_step=branch,
+            steps=[StepRecord(action=a, observation=f"You did: {a}.") for a in actions],
+        )
+
+    path = tmp_path / "eef.duckdb"
+    with store.writer(path) as con:
+        write_trajectories(con, [
+            expert,
+            policy("explore", 0, 0.0, ["look around"]),
+            policy("simulate", 1, 1.0, ["policy fix"]),
+            policy("simulate", 2, 0.0, ["policy wander"]),
+            policy("simulate", 3, 1.0, ["policy finish"]),
+        ])
+        select_examples(con, RUN, 1, "eef", n_sims=5)
+        chats = load_training_chats(con, RUN, 1, "eef")
+    by_state = {(k.state_kind, k.state_step): (k, turns) for k, turns in chats}
+    key, turns = by_state[("need_recover", 2)]
+    assert key.traj_id == "simulate-3" and key.loss_from_step == 2
+    assert [(t.step, t.supervised) for t in turns if t.role == "assistant"] == [
+        (0, False), (1, False), (2, True), (3, True)]
+    assert by_state[("initial", 0)][0].traj_id == "simulate-1"
