@@ -349,6 +349,57 @@ def train(
     )
 
 
+class RolloutPurpose(str, Enum):
+    explore = "explore"
+    simulate = "simulate"
+    eval = "eval"
+
+
+@app.command()
+@user_errors
+def rollout(
+    run: Annotated[str, typer.Option("--run", help="the run the trajectories belong to")],
+    iteration: Annotated[int, typer.Option("--iteration")],
+    purpose: Annotated[RolloutPurpose, typer.Option("--purpose", help="explore (from s0), simulate (from failed expert states) or eval")],
+    db: DbOption = store.DEFAULT_DB,
+    adapter: Annotated[Path | None, typer.Option("--adapter", help="LoRA adapter folder (eef train's output)")] = None,
+    base_model: Annotated[str | None, typer.Option("--base-model", help="local path or name (default: SmolLM2-135M-Instruct)")] = None,
+    split: Annotated[str, typer.Option("--split", help="explore/eval: the tasks' split in the store")] = "train",
+    limit: Annotated[int | None, typer.Option("--limit", help="at most this many tasks (explore/eval)")] = None,
+    samples: Annotated[int, typer.Option("--samples", help="rollouts per start state (RFT x k)")] = 1,
+    sims: Annotated[int | None, typer.Option("--sims", help="simulate: M, if the run is not registered yet")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="concurrent episodes (one game process each)")] = 4,
+    temperature: Annotated[float, typer.Option("--temperature")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 128,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Run the policy in the environment and store every trajectory (resumable)."""
+    from eef_tasks import rollout as rollouts
+
+    if purpose is RolloutPurpose.simulate:
+        episodes = rollouts.simulation_episodes(db, run, sims, n_samples=samples)
+    else:
+        with store.reader(db) as con:
+            task_ids = [row[0] for row in con.execute(
+                "SELECT task_id FROM tasks WHERE split = $split ORDER BY task_id", {"split": split}
+            ).fetchall()]
+        episodes = rollouts.explore_episodes(task_ids[:limit] if limit else task_ids, samples)
+    summary = rollouts.run_rollouts(
+        db, run, iteration, episodes, purpose=purpose.value, model_path=base_model,
+        adapter_dir=adapter, n_workers=workers,
+        sampling=rollouts.SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed),
+    )
+    out.print(
+        f"{purpose.value} rollouts of run {run} iteration {iteration}: {summary.requested} requested, "
+        f"{summary.already_stored} already stored, {summary.written} written "
+        f"({summary.successes} successes), {len(summary.errors)} failed"
+    )
+    for key, why in summary.errors:
+        err.print(f"[red]failed:[/red] {escape(str(key))}: {escape(str(why))}")
+    if summary.errors:
+        raise typer.Exit(1)
+
+
 @app.command()
 @user_errors
 def demo(

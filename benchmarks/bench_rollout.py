@@ -1,0 +1,123 @@
+"""Throughput of the hf rollout engine vs a naive per-episode `model.generate` loop.
+
+    .venv/bin/python benchmarks/bench_rollout.py [--episodes 32] [--turns 3] [--max-new-tokens 32]
+
+The "environment" is a synthetic echo (no JVM, so only the model is measured): after each reply
+the next user turn is `Observation: You did '<action>'. …` with a few dozen tokens of room text,
+as ScienceWorld observations look. Every episode has its own instruction, so the rows differ.
+
+- **hf engine**: all `--episodes` conversations advance together; one batched `generate` per turn,
+  each conversation's KV cache reused between turns (only the new observation is prefilled).
+- **hf engine, batch 1**: the same engine, one conversation at a time (cache reuse, no batching).
+- **naive**: one `model.generate` per episode and turn on the full re-encoded history.
+
+Both baselines run on `--naive-episodes` of the conversations (default 4) to keep the run short;
+rates are per second of wall time, so they compare directly. Greedy decoding everywhere; each
+reply ends at the end-of-turn token or `--max-new-tokens`. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from eef_tasks.chat import build_chat, observation_text
+from eef_tasks.experts.llm import parse_action
+from eef_tasks.models import default_model_path
+from eef_tasks.rollout import HFEngine, SamplingConfig
+
+ROOM = ("This room is called the kitchen. In it, you see: a counter, a sink, a fridge, a stove, "
+        "a cupboard, a glass jar, a thermometer, an oven and a door to the hallway.")
+
+
+def chats(n: int) -> list[list[dict[str, str]]]:
+    return [
+        [t.message() for t in build_chat(
+            "scienceworld", f"Your task is to find a(n) living thing number {i}. First, focus on "
+            "the thing. Then, move it to the red box in the kitchen.", [])]
+        for i in range(n)
+    ]
+
+
+def echo(chat: list[dict[str, str]], reply: str, turn: int) -> None:
+    _, action = parse_action(reply)
+    chat.append({"role": "assistant", "content": reply.strip() or "(empty reply)"})
+    chat.append({"role": "user", "content": observation_text(f"You did '{action or reply[:40]}'. "
+                                                             f"Turn {turn}. {ROOM}")})
+
+
+def run_engine(engine: HFEngine, n: int, turns: int, sampling: SamplingConfig, batch: bool) -> dict:
+    convs = chats(n)
+    sessions = [engine.session(f"e{i}") for i in range(n)]
+    tokens = prefill = prompt = 0
+    start = time.perf_counter()
+    for turn in range(turns):
+        groups = [list(range(n))] if batch else [[i] for i in range(n)]
+        for group in groups:
+            gens = engine.generate([(sessions[i], convs[i]) for i in group], sampling)
+            for i, gen in zip(group, gens, strict=True):
+                tokens += len(gen.token_ids)
+                prefill += gen.prefill_tokens
+                prompt += gen.prompt_tokens
+                echo(convs[i], gen.text, turn)
+    wall = time.perf_counter() - start
+    return {"episodes": n, "tokens": tokens, "prefill": prefill, "prompt": prompt, "wall": wall}
+
+
+def run_naive(engine: HFEngine, n: int, turns: int, sampling: SamplingConfig) -> dict:
+    convs = chats(n)
+    tokens = prompt = 0
+    start = time.perf_counter()
+    for turn in range(turns):
+        for chat in convs:
+            prompt += len(engine.prompt_ids(chat))
+            out = engine.plain_generate(chat, sampling.max_new_tokens)
+            tokens += len(out)
+            body = [t for t in out if t not in engine.stop_ids]
+            echo(chat, engine.tokenizer.decode(body, skip_special_tokens=True), turn)
+    wall = time.perf_counter() - start
+    return {"episodes": n, "tokens": tokens, "prefill": prompt, "prompt": prompt, "wall": wall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=32)
+    parser.add_argument("--naive-episodes", type=int, default=4)
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    engine = HFEngine(default_model_path(), device=args.device, max_batch_size=max(args.episodes, 1))
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=args.max_new_tokens)
+    engine.generate([(engine.session("warmup"), chats(1)[0])], SamplingConfig(0.0, 1.0, 4))
+
+    rows = []
+    for name, fn in [
+        (f"hf engine, {args.episodes} concurrent, KV reuse",
+         lambda: run_engine(engine, args.episodes, args.turns, sampling, batch=True)),
+        ("hf engine, batch 1, KV reuse",
+         lambda: run_engine(engine, args.naive_episodes, args.turns, sampling, batch=False)),
+        ("naive generate per episode, full history",
+         lambda: run_naive(engine, args.naive_episodes, args.turns, sampling)),
+    ]:
+        rows.append((name, fn()))
+        print(name, rows[-1][1], flush=True)
+    base = rows[-1][1]["tokens"] / rows[-1][1]["wall"]
+    print(f"\nmodel {engine.model_path} on {engine.device} ({torch.get_num_threads()} threads), "
+          f"{args.turns} turns, max_new_tokens {args.max_new_tokens}, greedy\n")
+    print("| setup | episodes | generated tokens | prompt tokens | prefilled | wall s | tokens/s | episodes/s | speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, r in rows:
+        tps = r["tokens"] / r["wall"]
+        print(f"| {name} | {r['episodes']} | {r['tokens']} | {r['prompt']} | {r['prefill']} | "
+              f"{r['wall']:.1f} | {tps:.1f} | {r['episodes'] / r['wall']:.3f} | {tps / base:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
