@@ -186,6 +186,20 @@ def pending_episodes(
     return todo
 
 
+def write_batch(
+    db_path: str | Path, records: list[TrajectoryRecord], task_rows: list[TaskRecord],
+    summary: CollectSummary,
+) -> None:
+    """One batch of finished trajectories, in one transaction on a briefly opened writer."""
+    with writer(db_path) as con:
+        result = write_trajectories(con, records, task_rows)
+    summary.batches += 1
+    summary.written += result.trajectories_added
+    summary.skipped_on_write += result.trajectories_skipped
+    summary.tasks_added += result.tasks_added
+    summary.steps_added += result.steps_added
+
+
 def collect_experts(
     db_path: str | Path,
     env: str = "scienceworld",
@@ -251,15 +265,12 @@ def collect_experts(
     def flush() -> None:
         if not buffer:
             return
-        records: list[TrajectoryRecord] = [to_record(run, spec, with_task=False) for run, spec in buffer]
-        task_rows: list[TaskRecord] = [task_record(spec, run.instruction) for run, spec in buffer]
-        with writer(db_path) as con:
-            result = write_trajectories(con, records, task_rows)
-        summary.batches += 1
-        summary.written += result.trajectories_added
-        summary.skipped_on_write += result.trajectories_skipped
-        summary.tasks_added += result.tasks_added
-        summary.steps_added += result.steps_added
+        write_batch(
+            db_path,
+            [to_record(run, spec, with_task=False) for run, spec in buffer],
+            [task_record(spec, run.instruction) for run, spec in buffer],
+            summary,
+        )
         buffer.clear()
 
     golds: dict[str, GoldPath | None] = {
@@ -361,5 +372,6 @@ class _progress:
 
 __all__ = [
     "CollectSummary", "collect_experts", "expert_job", "gold_job", "pending_episodes", "select_tasks",
+    "write_batch",
     "stored_traj_ids",
 ]

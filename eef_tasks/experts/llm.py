@@ -679,11 +679,9 @@ def collect_llm(
     """Run the LLM expert on tasks and store every trajectory (`collect_experts(expert='llm')`
     calls this). Resumable like the offline experts: traj_ids already stored are skipped before
     any request is made. Returns a `CollectSummary` with token and cost totals."""
-    from eef_tasks.collect import CollectSummary, _progress, pending_episodes, select_tasks
+    from eef_tasks.collect import CollectSummary, _progress, pending_episodes, select_tasks, write_batch
     from eef_tasks.envs.scienceworld import DEFAULT_SIMPLIFICATIONS, SCIENCEWORLD_VERSION
     from eef_tasks.experts import task_record, traj_id_for
-    from eef_tasks.records import write_trajectories
-    from eef_tasks.store import writer
 
     config = config if isinstance(config, LLMExpertConfig) else LLMExpertConfig.model_validate(config)
     if batch_size < 1:
@@ -708,15 +706,12 @@ def collect_llm(
     def flush() -> None:
         if not buffer:
             return
-        records = [r for r, _, _ in buffer]
-        task_rows = [task_record(spec, instruction) for _, spec, instruction in buffer]
-        with writer(db_path) as con:
-            result = write_trajectories(con, records, task_rows)
-        summary.batches += 1
-        summary.written += result.trajectories_added
-        summary.skipped_on_write += result.trajectories_skipped
-        summary.tasks_added += result.tasks_added
-        summary.steps_added += result.steps_added
+        write_batch(
+            db_path,
+            [r for r, _, _ in buffer],
+            [task_record(spec, instruction) for _, spec, instruction in buffer],
+            summary,
+        )
         buffer.clear()
 
     own_pool = pool is None
