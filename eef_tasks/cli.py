@@ -414,5 +414,49 @@ def demo(
     demo_module.run(db, n_tasks=n_tasks, iterations=iterations, seed=seed, console=out)
 
 
+class CompareFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@app.command()
+@user_errors
+def compare(
+    db: DbOption = store.DEFAULT_DB,
+    run: Annotated[list[str] | None, typer.Option("--run", help="only this run (repeatable; default: every run)")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="also write the win-rate plot to FILE.png or FILE.svg")] = None,
+    fmt: Annotated[CompareFormat, typer.Option("--format")] = CompareFormat.table,
+) -> None:
+    """Compare runs (methods x iterations): training sets, rollouts spent, eval win rate and reward."""
+    from rich.table import Table
+
+    from eef_tasks import report
+
+    if plot is not None:
+        report.check_plot_path(plot)
+    frame = report.comparison(db, run or None)
+    if frame.is_empty():
+        raise store.StoreError(f"nothing to compare in {db}: no run has policy trajectories or training examples yet")
+    if fmt is CompareFormat.csv:
+        sys.stdout.write(frame.write_csv())
+    elif fmt is CompareFormat.json:
+        sys.stdout.write(json.dumps(frame.to_dicts(), default=str, indent=1) + "\n")
+    else:
+        headers, rows = report.display_rows(frame)
+        table = Table(title="Runs by iteration (win rates in %; eval split: dev, else test)")
+        for header in headers:
+            table.add_column(header, justify="left" if header in ("run", "method", "eval split") else "right")
+        for row in rows:
+            table.add_row(*map(escape, row))
+        # as wide as the table needs (never cut a cell), at least the terminal's width
+        natural = Console(width=10_000).measure(table).maximum
+        Console(highlight=False, width=max(natural, shutil.get_terminal_size((160, 24)).columns)).print(table)
+        for line in report.best_iteration_lines(frame):
+            out.print(escape(line))
+    if plot is not None:
+        err.print(f"wrote {report.win_rate_plot(frame, plot)}")
+
+
 if __name__ == "__main__":
     app()

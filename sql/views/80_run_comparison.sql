@@ -1,0 +1,192 @@
+-- run_comparison: how runs (methods x iterations) compare: what each iteration trained on, what it
+-- spent, and how its adapter did on held-out tasks. Read by `eef compare` and eef_tasks/report.py.
+-- Grain: one row per (run_id, iteration) that has policy trajectories or training_examples;
+--        iteration 0 (behaviour cloning) has a row when the run has bc examples or iteration-0
+--        eval trajectories.
+-- Inputs: runs, tasks, trajectories, training_examples, need_recover_states.
+-- Columns:
+--   method            the run's method: runs.config's "method" (top level, or under "config" as the
+--                     pipeline registers runs), else the one non-bc method of its
+--                     training_examples, else from M (n_sims = 0 -> 'rft', otherwise 'eef')
+--   train_method      the method of the iteration's training set: 'bc' at iteration 0, else method
+--   n_examples, n_initial, n_need_recover, n_expert_success
+--                     that training set's size and its rows by state_kind (0 when not selected)
+--   n_need_recover_found   distinct need-recover states (expert_traj_id, step) found in
+--                     iterations <= this one (METHOD.md step 2.4: important states accumulate)
+--   n_simulations     purpose = 'simulate' trajectories of this iteration (from expert states)
+--   n_explore         purpose = 'explore' trajectories of this iteration (from s0), any split
+--   explore_win_rate  share of this iteration's explore trajectories on train tasks that succeeded
+--   dev_* / test_*    evaluation (purpose = 'eval') of this iteration's adapter on dev / test tasks:
+--                     n_*_tasks tasks, win_rate and mean_reward. Each TASK weighs the same: with
+--                     several eval samples of a task (RFT x k), its success rate and mean reward
+--                     are averaged over its samples first, then over tasks (equal to the average
+--                     over trajectories when every task has the same number of samples).
+--   eval_split, n_eval_tasks, n_eval_trajectories, win_rate, mean_reward
+--                     the headline evaluation: dev when the iteration was evaluated on dev (the
+--                     split the reported model is chosen on, METHOD.md step 2.8), else test; NULL
+--                     when the iteration has no eval trajectories.
+CREATE OR REPLACE VIEW run_comparison AS
+WITH run_iterations AS (
+    SELECT DISTINCT run_id, iteration
+    FROM trajectories
+    WHERE source = 'policy'
+      AND run_id IS NOT NULL
+    UNION
+    SELECT DISTINCT run_id, iteration
+    FROM training_examples
+),
+
+selected_methods AS (
+    -- the non-bc method of a run's training sets, when it used exactly one
+    SELECT
+        run_id,
+        CASE WHEN count(DISTINCT method) = 1 THEN min(method) END AS method
+    FROM training_examples
+    WHERE method <> 'bc'
+    GROUP BY run_id
+),
+
+run_methods AS (
+    SELECT
+        i.run_id,
+        r.n_sims,
+        coalesce(
+            lower(r.config ->> '$.method'),
+            lower(r.config ->> '$.config.method'),
+            s.method,
+            CASE WHEN r.n_sims = 0 THEN 'rft' WHEN r.n_sims > 0 THEN 'eef' END
+        ) AS method
+    FROM (SELECT DISTINCT run_id FROM run_iterations) AS i
+    LEFT JOIN runs AS r ON r.run_id = i.run_id
+    LEFT JOIN selected_methods AS s ON s.run_id = i.run_id
+),
+
+iterations AS (
+    SELECT
+        i.run_id,
+        i.iteration,
+        m.method,
+        m.n_sims,
+        CASE WHEN i.iteration = 0 THEN 'bc' ELSE m.method END AS train_method
+    FROM run_iterations AS i
+    JOIN run_methods AS m ON m.run_id = i.run_id
+),
+
+examples AS (
+    -- the iteration's own training set (bc at iteration 0), by kind of important state
+    SELECT
+        i.run_id,
+        i.iteration,
+        count(*) AS n_examples,
+        count(*) FILTER (WHERE e.state_kind = 'initial') AS n_initial,
+        count(*) FILTER (WHERE e.state_kind = 'need_recover') AS n_need_recover,
+        count(*) FILTER (WHERE e.state_kind = 'expert_success') AS n_expert_success
+    FROM iterations AS i
+    JOIN training_examples AS e
+        ON  e.run_id = i.run_id
+        AND e.iteration = i.iteration
+        AND e.method = i.train_method
+    GROUP BY i.run_id, i.iteration
+),
+
+need_recover_first_found AS (
+    SELECT run_id, expert_traj_id, step, min(iteration) AS found_in
+    FROM need_recover_states
+    GROUP BY run_id, expert_traj_id, step
+),
+
+need_recover_found AS (
+    SELECT i.run_id, i.iteration, count(*) AS n_need_recover_found
+    FROM iterations AS i
+    JOIN need_recover_first_found AS f
+        ON  f.run_id = i.run_id
+        AND f.found_in <= i.iteration
+    GROUP BY i.run_id, i.iteration
+),
+
+rollouts AS (
+    SELECT
+        t.run_id,
+        t.iteration,
+        count(*) FILTER (WHERE t.purpose = 'simulate') AS n_simulations,
+        count(*) FILTER (WHERE t.purpose = 'explore') AS n_explore,
+        avg(t.success::INTEGER) FILTER (WHERE t.purpose = 'explore' AND k.split = 'train')
+            AS explore_win_rate
+    FROM trajectories AS t
+    JOIN tasks AS k ON k.task_id = t.task_id
+    WHERE t.source = 'policy'
+      AND t.purpose IN ('explore', 'simulate')
+    GROUP BY t.run_id, t.iteration
+),
+
+eval_per_task AS (
+    SELECT
+        t.run_id,
+        t.iteration,
+        k.split,
+        t.task_id,
+        count(*) AS n_trajectories,
+        avg(t.success::INTEGER) AS win_rate,
+        avg(t.reward) AS mean_reward
+    FROM trajectories AS t
+    JOIN tasks AS k ON k.task_id = t.task_id
+    WHERE t.source = 'policy'
+      AND t.purpose = 'eval'
+      AND k.split IN ('dev', 'test')
+    GROUP BY t.run_id, t.iteration, k.split, t.task_id
+),
+
+eval_by_split AS (
+    SELECT
+        run_id,
+        iteration,
+        split,
+        count(*) AS n_tasks,
+        sum(n_trajectories)::BIGINT AS n_trajectories,
+        avg(win_rate) AS win_rate,
+        avg(mean_reward) AS mean_reward
+    FROM eval_per_task
+    GROUP BY run_id, iteration, split
+),
+
+headline_eval AS (
+    -- dev when evaluated on dev, else test
+    SELECT *
+    FROM eval_by_split
+    QUALIFY row_number() OVER (PARTITION BY run_id, iteration ORDER BY split) = 1
+)
+
+SELECT
+    i.run_id,
+    i.iteration,
+    i.method,
+    i.n_sims,
+    i.train_method,
+    h.split AS eval_split,
+    h.n_tasks AS n_eval_tasks,
+    h.n_trajectories AS n_eval_trajectories,
+    h.win_rate,
+    h.mean_reward,
+    coalesce(x.n_examples, 0) AS n_examples,
+    coalesce(x.n_initial, 0) AS n_initial,
+    coalesce(x.n_need_recover, 0) AS n_need_recover,
+    coalesce(x.n_expert_success, 0) AS n_expert_success,
+    coalesce(f.n_need_recover_found, 0) AS n_need_recover_found,
+    coalesce(r.n_simulations, 0) AS n_simulations,
+    coalesce(r.n_explore, 0) AS n_explore,
+    r.explore_win_rate,
+    dev.n_tasks AS n_dev_tasks,
+    dev.win_rate AS dev_win_rate,
+    dev.mean_reward AS dev_mean_reward,
+    test.n_tasks AS n_test_tasks,
+    test.win_rate AS test_win_rate,
+    test.mean_reward AS test_mean_reward
+FROM iterations AS i
+LEFT JOIN examples AS x ON x.run_id = i.run_id AND x.iteration = i.iteration
+LEFT JOIN need_recover_found AS f ON f.run_id = i.run_id AND f.iteration = i.iteration
+LEFT JOIN rollouts AS r ON r.run_id = i.run_id AND r.iteration = i.iteration
+LEFT JOIN headline_eval AS h ON h.run_id = i.run_id AND h.iteration = i.iteration
+LEFT JOIN eval_by_split AS dev
+    ON dev.run_id = i.run_id AND dev.iteration = i.iteration AND dev.split = 'dev'
+LEFT JOIN eval_by_split AS test
+    ON test.run_id = i.run_id AND test.iteration = i.iteration AND test.split = 'test';
