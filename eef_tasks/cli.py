@@ -458,5 +458,35 @@ def compare(
         err.print(f"wrote {report.win_rate_plot(frame, plot)}")
 
 
+@app.command()
+@user_errors
+def serve(
+    interval: Annotated[float | None, typer.Option(
+        "--interval", help="run the `iteration` deployment every SECONDS (advances --run by one iteration)")] = None,
+    cron: Annotated[str | None, typer.Option(
+        "--cron", help="or on this cron schedule, in UTC, e.g. '0 3 * * *'")] = None,
+    run: Annotated[str | None, typer.Option(
+        "--run", help="the run the `iteration` deployment advances by default (needed by a schedule)")] = None,
+    db: DbOption = store.DEFAULT_DB,
+    limit: Annotated[int | None, typer.Option("--limit", help="at most this many flow runs at once")] = None,
+) -> None:
+    """Serve every flow as a deployment (<flow>/served) of the Prefect server at PREFECT_API_URL; blocks."""
+    from flows import serve as serving
+
+    server = serving.check_server()
+    deployments = serving.deployments(interval, cron, run, db)
+    out.print(escape(f"Prefect API: {server.api_url}"))
+    if server.ui_url:
+        out.print(escape(f"Prefect UI:  {server.ui_url}") + " (Deployments: trigger a flow with Run > Custom run; "
+                  "Runs: logs and artifacts)")
+    if interval is not None or cron is not None:
+        out.print(escape(f"iteration/{serving.DEPLOYMENT} advances run {run!r} of {Path(db).resolve()} "
+                         f"{serving.describe_schedule(interval, cron)}"))
+    out.print("serving until Ctrl-C (schedules are paused on exit); flow runs execute in this process's children")
+    import prefect
+
+    prefect.serve(*deployments, limit=limit)
+
+
 if __name__ == "__main__":
     app()
