@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from eef_tasks import store
+
 DATA = Path(__file__).parent / "data"
 EEF = shutil.which("eef", path=str(Path(sys.executable).parent)) or "eef"
 
@@ -46,7 +48,7 @@ def expert_and_simulation(tmp_path):
 
 def test_new_user_flow(tmp_path):
     db = tmp_path / "store.duckdb"
-    assert "schema version 1" in eef("init", "--db", db).stdout
+    assert f"schema version {len(store.migration_files())}" in eef("init", "--db", db).stdout
     assert "already up to date" in eef("init", "--db", db).stdout
     assert "3 trajectories added" in eef("import", expert_and_simulation(tmp_path), "--db", db).stdout
     out = eef("import", DATA / "eto_sciworld_sample.json", "--db", db, "--env", "scienceworld",

@@ -22,7 +22,8 @@ def test_migrate_creates_contract_tables_and_is_idempotent(tmp_path):
     assert {"expert_checkpoints", "need_recover_states", "positive_pool", "state_candidates",
             "win_rates", "example_counts", "expert_summary"} <= table_names(con)
     assert store.migrate(con) == []
-    assert store.schema_version(con) == 1
+    assert store.schema_version(con) == len(store.migration_files())
+    assert {"run_phases", "store_info"} <= table_names(con)
 
 
 def test_contract_columns_and_constraints(tmp_path):

@@ -1,0 +1,301 @@
+"""EEF and RFT as Prefect flows.
+
+The story of one iteration of a run: explore from the initial states with the last policy, simulate
+from the checkpoints of the expert's failed trajectories (EEF only), select the training set, train
+a fresh LoRA adapter, evaluate it. Iteration 0 is behaviour cloning (select, train, evaluate).
+
+- `iteration`  advances a named run by exactly one iteration from what the store holds: this is what
+               a schedule triggers ("rerun per iteration"); on a finished run it does nothing.
+- `eef`, `rft` register a run (settings are fixed from then on) and loop `iteration` until done.
+- `evaluate`   evaluates one iteration's adapter again (e.g. after a crashed evaluation).
+- `compare`    the methods × iterations table and the win-rate plot, as artifacts and files.
+- `experiment` the whole thing: collect expert data, an EEF run, an RFT run, compare
+               (`eef run --preset demo` runs it on CPU in minutes).
+
+Tasks pass references (store path, run id, iteration) and each phase function lives in
+`eef_tasks.pipeline`. Phases that use the model run in a child process, one at a time per machine
+(the `eef-gpu` concurrency limit), with their log lines and progress forwarded to Prefect.
+Resuming: tasks are cached on their inputs (which include the store file's id and the run's
+settings) and their code; below that, every phase records itself in the store's `run_phases`
+table when it finishes and reruns idempotently when it did not, so a killed flow rerun continues
+where it stopped, with no duplicated or missing rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact,
+)
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+from pydantic import BaseModel, Field
+
+from eef_tasks import pipeline, store
+from eef_tasks.pipeline import RunConfig
+
+GPU_LIMIT = "eef-gpu"
+MODEL_PHASES = {"explore", "simulate", "train", "evaluate"}
+CACHE = INPUTS + TASK_SOURCE
+
+
+# --- parameters (forms in the Prefect UI) -----------------------------------------------------------
+
+
+class IterationParams(BaseModel):
+    db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store")
+    run_id: str = Field("eef-1", description="a run registered by the eef or rft flow")
+
+
+class RunParams(BaseModel):
+    db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store (expert data collected already)")
+    run: RunConfig = Field(default_factory=lambda: RunConfig(run_id="eef-1"))
+
+
+class RFTParams(BaseModel):
+    db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store (expert data collected already)")
+    run: RunConfig = Field(default_factory=lambda: RunConfig(run_id="rft-1", method="rft", n_sims=0))
+
+
+class EvaluateParams(BaseModel):
+    db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store")
+    run_id: str = "eef-1"
+    iteration: int = Field(0, ge=0)
+
+
+class CompareParams(BaseModel):
+    db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store")
+    run_ids: list[str] = Field(default_factory=list, description="runs to compare; empty = all pipeline runs")
+    out_dir: str = Field("data/reports", description="where the table (CSV, Markdown) and the plot go")
+
+
+class ExperimentParams(BaseModel):
+    db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store")
+    preset: Literal["tiny", "demo", "paper"] = Field("demo", description="run settings to start from")
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="runs are <name>-eef and <name>-rft")
+    expert: Literal["synthetic", "gold", "none"] = Field(
+        "synthetic", description="collect this expert's trajectories on the training tasks first (none: use the store's)")
+    expert_seeds: list[int] = Field(default_factory=lambda: [0, 1], description="synthetic expert: one trajectory per seed")
+    rft_samples: int = Field(1, ge=1, le=16, description="k of the RFT baseline (RFT×k)")
+    overrides: dict = Field(default_factory=dict, description="RunConfig fields to change, e.g. {\"iterations\": 3}")
+    out_dir: str = "data/reports"
+
+
+# --- tasks ------------------------------------------------------------------------------------------
+
+
+def _key(text: str) -> str:
+    """A Prefect artifact key: lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+
+
+def _run_phase(db: str, run_id: str, iteration: int, phase: str) -> dict:
+    logger = get_run_logger()
+    if phase not in MODEL_PHASES:
+        return pipeline.run_phase(db, run_id, iteration, phase)
+    from prefect.concurrency.sync import concurrency
+
+    artifact = create_progress_artifact(0.0, description=f"{run_id} iteration {iteration}: {phase}")
+    last = [-1.0]
+
+    def progress(done: int, total: int) -> None:
+        value = round(100.0 * done / total, 1) if total else 100.0
+        if value != last[0]:
+            last[0] = value
+            update_progress_artifact(artifact, value)
+
+    with concurrency(GPU_LIMIT, occupy=1):
+        summary = pipeline.run_phase_process(
+            db, run_id, iteration, phase, on_log=logger.info, on_progress=progress,
+            env={"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"},
+        )
+    update_progress_artifact(artifact, 100.0)
+    logger.info("%s of %s iteration %d: %s", phase, run_id, iteration, _brief(summary))
+    return summary
+
+
+def _brief(summary: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (list, dict)))
+
+
+@task(name="explore", task_run_name="explore-it{iteration}", cache_policy=CACHE, persist_result=True)
+def explore(db: str, store_id: str, run_id: str, settings: str, iteration: int) -> dict:
+    """Rollouts of the previous iteration's policy from s0 of every training task."""
+    return _run_phase(db, run_id, iteration, "explore")
+
+
+@task(name="simulate", task_run_name="simulate-it{iteration}", cache_policy=CACHE, persist_result=True)
+def simulate(db: str, store_id: str, run_id: str, settings: str, iteration: int) -> dict:
+    """Rollouts from the checkpoints of every failed expert trajectory (prefix replay)."""
+    return _run_phase(db, run_id, iteration, "simulate")
+
+
+@task(name="select", task_run_name="select-it{iteration}", cache_policy=CACHE, persist_result=True)
+def select(db: str, store_id: str, run_id: str, settings: str, iteration: int) -> dict:
+    """The iteration's training set (sql/select): BC, or one example per important state."""
+    return _run_phase(db, run_id, iteration, "select")
+
+
+@task(name="train", task_run_name="train-it{iteration}", cache_policy=CACHE, persist_result=True)
+def train(db: str, store_id: str, run_id: str, settings: str, iteration: int) -> dict:
+    """A fresh LoRA adapter on the training set (loss on action tokens only)."""
+    return _run_phase(db, run_id, iteration, "train")
+
+
+@task(name="evaluate", task_run_name="evaluate-it{iteration}", cache_policy=CACHE, persist_result=True)
+def evaluate(db: str, store_id: str, run_id: str, settings: str, iteration: int) -> dict:
+    """Win rate and mean reward of the new adapter on the evaluation tasks."""
+    return _run_phase(db, run_id, iteration, "evaluate")
+
+
+@task(name="ensure-gpu-limit")
+def ensure_gpu_limit(limit: int = 1) -> None:
+    """Create the `eef-gpu` global concurrency limit if the server has none, so model phases queue."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=limit))
+            except ObjectAlreadyExists:
+                pass
+
+
+def publish_iteration(db: str, run_id: str, iteration: int, summaries: dict[str, dict]) -> None:
+    """A table artifact per iteration and the run's markdown summary (stable keys)."""
+    rows = [{"phase": phase, **{k: v for k, v in s.items() if not isinstance(v, (list, dict))}}
+            for phase, s in summaries.items()]
+    create_table_artifact(rows, key=_key(f"{run_id}-it{iteration}"),
+                          description=f"run {run_id}, iteration {iteration}: what each phase did")
+    from eef_tasks import report
+
+    df = report.comparison(db, [run_id])
+    create_markdown_artifact(
+        report.comparison_markdown(df), key=_key(f"{run_id}-summary"),
+        description=f"run {run_id}: win rate, examples and simulations per iteration",
+    )
+
+
+# --- flows ------------------------------------------------------------------------------------------
+
+
+@flow(name="iteration", flow_run_name="{params.run_id}", log_prints=True)
+def iteration_flow(params: IterationParams = IterationParams()) -> dict | None:
+    """Advance run `run_id` by one iteration (the next unfinished one)."""
+    db, run_id = params.db, params.run_id
+    config = pipeline.load_run(db, run_id)
+    iteration = pipeline.next_iteration(db, run_id)
+    if iteration is None:
+        print(f"run {run_id} has finished its {config.iterations} iterations: nothing to do")
+        return None
+    ensure_gpu_limit()
+    ids = (db, pipeline.store_id(db), run_id, pipeline.config_hash(config), iteration)
+    summaries: dict[str, dict] = {}
+    if iteration > 0:
+        summaries["explore"] = explore(*ids)
+        if config.n_sims > 0:
+            summaries["simulate"] = simulate(*ids)
+    summaries["select"] = select(*ids)
+    summaries["train"] = train(*ids)
+    summaries["evaluate"] = evaluate(*ids)
+    publish_iteration(db, run_id, iteration, summaries)
+    ev = summaries["evaluate"]
+    print(f"{run_id} iteration {iteration}: win rate {ev.get('win_rate')} mean reward {ev.get('mean_reward')} "
+          f"on {ev.get('n_eval')} {config.eval_split} tasks")
+    return {"iteration": iteration, **summaries}
+
+
+def _run_all(db: str, config: RunConfig) -> list[dict]:
+    config = pipeline.register_run(db, config)
+    done = []
+    while pipeline.next_iteration(db, config.run_id) is not None:
+        before = pipeline.next_iteration(db, config.run_id)
+        done.append(iteration_flow(IterationParams(db=db, run_id=config.run_id)))
+        if pipeline.next_iteration(db, config.run_id) == before:  # pragma: no cover - a phase did not record itself
+            raise pipeline.PipelineError(f"iteration {before} of {config.run_id} did not finish")
+    return done
+
+
+@flow(name="eef", flow_run_name="{params.run.run_id}", log_prints=True)
+def eef_flow(params: RunParams = RunParams()) -> list[dict]:
+    """Behaviour cloning, then I iterations of explore → simulate → select → train → evaluate."""
+    if params.run.method != "eef":
+        raise pipeline.PipelineError("the eef flow runs method 'eef'; use the rft flow for the baseline")
+    return _run_all(params.db, params.run)
+
+
+@flow(name="rft", flow_run_name="{params.run.run_id}", log_prints=True)
+def rft_flow(params: RFTParams = RFTParams()) -> list[dict]:
+    """The RFT baseline: the same iterations without simulations (M = 0); `run.samples` = k of RFT×k."""
+    run = params.run.model_copy(update={"method": "rft", "n_sims": 0})
+    return _run_all(params.db, RunConfig(**run.model_dump()))
+
+
+@flow(name="evaluate", flow_run_name="{params.run_id}-it{params.iteration}", log_prints=True)
+def evaluate_flow(params: EvaluateParams = EvaluateParams()) -> dict:
+    """Evaluate one iteration's adapter (resumes a partial evaluation; a finished one is reported)."""
+    ensure_gpu_limit()
+    config = pipeline.load_run(params.db, params.run_id)
+    return evaluate(params.db, pipeline.store_id(params.db), params.run_id, pipeline.config_hash(config),
+                    params.iteration)
+
+
+@flow(name="compare", log_prints=True)
+def compare_flow(params: CompareParams = CompareParams()) -> dict:
+    """Methods × iterations: win rate, mean reward, examples by kind, need-recover states, simulations."""
+    from eef_tasks import report
+
+    df = report.comparison(params.db, params.run_ids or None)
+    out = Path(params.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = _key("-".join(params.run_ids)) or "all-runs"
+    table_md = report.comparison_markdown(df)
+    (out / f"compare-{name}.md").write_text(table_md + "\n")
+    df.write_csv(out / f"compare-{name}.csv")
+    plot = report.win_rate_plot(df, out / f"win-rate-{name}.png")
+    report.win_rate_plot(df, out / f"win-rate-{name}.svg")
+    create_table_artifact(df.to_dicts(), key=_key(f"compare-{name}"), description="methods × iterations")
+    image = base64.b64encode(Path(plot).read_bytes()).decode()
+    create_markdown_artifact(
+        f"## Win rate per iteration\n\n![win rate per iteration](data:image/png;base64,{image})\n\n"
+        f"{table_md}\n\nFiles: `{out / f'compare-{name}.csv'}`, `{plot}`\n",
+        key=_key(f"compare-{name}-plot"), description="win rate per iteration per method",
+    )
+    print(table_md)
+    return {"rows": df.height, "plot": str(plot), "table": str(out / f"compare-{name}.csv")}
+
+
+@flow(name="experiment", flow_run_name="{params.name}", log_prints=True)
+def experiment_flow(params: ExperimentParams = ExperimentParams()) -> dict:
+    """Collect expert data, run EEF and RFT from one preset (sharing the BC adapter), compare them."""
+    eef_config = pipeline.preset_config(params.preset, f"{params.name}-eef", "eef", **params.overrides)
+    if params.expert != "none":
+        from flows.collect import CollectParams, collect_flow
+
+        collect_flow(CollectParams(
+            db=params.db, expert=params.expert, split=["train"], tasks=eef_config.task_names,
+            task_ids=eef_config.train_tasks, limit=eef_config.train_limit,
+            seeds=params.expert_seeds if params.expert == "synthetic" else [0], workers=min(eef_config.workers, 4),
+        ))
+    eef = pipeline.register_run(params.db, eef_config)
+    rft_config = pipeline.preset_config(
+        params.preset, f"{params.name}-rft", "rft",
+        **{**params.overrides, "samples": params.rft_samples,
+           "bc_adapter": str(pipeline.adapter_dir(eef, 0)), "train_tasks": eef.train_tasks,
+           "eval_tasks": eef.eval_tasks},
+    )
+    eef_flow(RunParams(db=params.db, run=eef_config))
+    rft_flow(RFTParams(db=params.db, run=rft_config))
+    return compare_flow(CompareParams(db=params.db, run_ids=[eef.run_id, rft_config.run_id], out_dir=params.out_dir))
+
+
+if __name__ == "__main__":
+    experiment_flow()
