@@ -355,6 +355,11 @@ class RolloutPurpose(str, Enum):
     eval = "eval"
 
 
+class RolloutEngine(str, Enum):
+    hf = "hf"
+    vllm = "vllm"
+
+
 @app.command()
 @user_errors
 def rollout(
@@ -372,6 +377,10 @@ def rollout(
     temperature: Annotated[float, typer.Option("--temperature")] = 1.0,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 128,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    engine_kind: Annotated[RolloutEngine, typer.Option("--engine", help="hf: the model in this process; vllm: a vLLM server (docs/vllm.md)")] = RolloutEngine.hf,
+    vllm_url: Annotated[str | None, typer.Option("--vllm-url", envvar="EEF_VLLM_URL", help="vllm: the server's OpenAI URL, e.g. http://localhost:8000/v1")] = None,
+    served_model: Annotated[str | None, typer.Option("--served-model", help="vllm: the base model's name on the server (default: the one it serves)")] = None,
+    adapter_path_on_server: Annotated[str | None, typer.Option("--adapter-path-on-server", help="vllm: the adapter folder as the server sees it (default: the local absolute path)")] = None,
 ) -> None:
     """Run the policy in the environment and store every trajectory (resumable)."""
     from eef_tasks import rollout as rollouts
@@ -384,11 +393,23 @@ def rollout(
                 "SELECT task_id FROM tasks WHERE split = $split ORDER BY task_id", {"split": split}
             ).fetchall()]
         episodes = rollouts.explore_episodes(task_ids[:limit] if limit else task_ids, samples)
-    summary = rollouts.run_rollouts(
-        db, run, iteration, episodes, purpose=purpose.value, model_path=base_model,
-        adapter_dir=adapter, n_workers=workers,
-        sampling=rollouts.SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed),
-    )
+    engine = None
+    if engine_kind is RolloutEngine.vllm:
+        from eef_tasks.vllm_engine import VLLMEngine
+
+        if base_model:
+            raise UserError("--base-model is for --engine hf; with --engine vllm name the server's model "
+                            "with --served-model")
+        engine = VLLMEngine(vllm_url, served_model, adapter, adapter_path_on_server=adapter_path_on_server)
+    try:
+        summary = rollouts.run_rollouts(
+            db, run, iteration, episodes, purpose=purpose.value, model_path=base_model,
+            adapter_dir=adapter, n_workers=workers, engine=engine,
+            sampling=rollouts.SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed),
+        )
+    finally:
+        if engine is not None:
+            engine.close()
     out.print(
         f"{purpose.value} rollouts of run {run} iteration {iteration}: {summary.requested} requested, "
         f"{summary.already_stored} already stored, {summary.written} written "

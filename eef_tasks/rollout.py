@@ -542,7 +542,7 @@ def run_rollouts(
     model_path: str | Path | None = None,
     adapter_dir: str | Path | None = None,
     model_id: str | None = None,
-    engine: HFEngine | None = None,
+    engine: Any = None,  # HFEngine, VLLMEngine or anything with session/generate/model_path/adapter_dir
     sampling: SamplingConfig | None = None,
     n_workers: int = 1,
     pools: Sequence[EnvPool] | None = None,
@@ -554,6 +554,7 @@ def run_rollouts(
     batch_wait_s: float = 0.05,
     retries: int = 2,
     timeout_s: float = 600.0,
+    on_progress: Any = None,
 ) -> RolloutSummary:
     """Run the policy on `episodes` and store every finished trajectory.
 
@@ -561,6 +562,7 @@ def run_rollouts(
     branch_step > 0: the expert trajectory's first k actions are replayed, with the observations
     the environment returns now). Concurrency: one environment slot per `EnvPool` in `pools`, or
     `n_workers` single-worker pools created here; all slots' model calls are batched together.
+    `on_progress(summary)` is called after each finished episode (progress bars, Prefect).
     `max_steps` caps the task's own step limit (model calls, invalid ones included, count against
     it, as for the LLM expert). Resumable: traj_ids already stored for `run_id` are skipped.
     """
@@ -752,6 +754,8 @@ def run_rollouts(
                     buffer.append(record)
                 if len(buffer) >= batch_size:
                     flush()
+                if on_progress is not None:
+                    on_progress(summary)
         if failures:
             raise failures[0]
     finally:
@@ -776,7 +780,7 @@ def run_rollouts(
 
 def _record(
     state: _State, result: EpisodeResult, run_id: str, iteration: int, purpose: str,
-    model_id: str, engine: HFEngine, sampling: SamplingConfig, summary: RolloutSummary,
+    model_id: str, engine: Any, sampling: SamplingConfig, summary: RolloutSummary,
 ) -> TrajectoryRecord | None:
     session = state.session
     summary.prompt_tokens += session.prompt_tokens
@@ -799,7 +803,7 @@ def _record(
         stop_reason = state.stop_reason or "stopped"
     thoughts = state.prefix_thoughts[: result.n_prefix] + state.thoughts
     meta: dict[str, Any] = {
-        "engine": ENGINE_NAME,
+        "engine": getattr(engine, "name", ENGINE_NAME),
         "model_path": engine.model_path,
         "adapter_dir": engine.adapter_dir,
         "sampling": {**asdict(sampling), "episode_seed": session.seed},
@@ -818,6 +822,8 @@ def _record(
         "initial_observation": result.initial_observation,
         "attempts": result.attempts,
     }
+    if getattr(engine, "served_model", None):  # the model name a server answered with (vllm)
+        meta["served_model"] = engine.served_model
     if result.n_prefix < ep.branch_step:
         meta["prefix_incomplete"] = {"requested": ep.branch_step, "replayed": result.n_prefix}
     record = TrajectoryRecord(

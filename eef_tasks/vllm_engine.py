@@ -1,0 +1,475 @@
+"""A rollout engine that samples from a vLLM server (its OpenAI-compatible API), LoRA adapters
+included.
+
+vLLM pins its own torch and web-stack versions, so it runs as a separate server (its own venv or
+the compose service `vllm`, see docs/vllm.md) and eef talks to it over HTTP:
+
+    engine = VLLMEngine("http://localhost:8000/v1", "smollm2-135m-instruct", "data/adapters/r1/eef-it1")
+    run_rollouts(db, "r1", 1, episodes, purpose="explore", engine=engine)   # meta.engine = 'vllm'
+
+It has the interface `run_rollouts` uses (`session`, `generate`, `model_path`, `adapter_dir`) and
+`name = "vllm"`:
+
+- `generate(requests, sampling)` sends one `POST {base_url}/chat/completions` per (session,
+  messages), all at once (a thread pool of `max_concurrency`; vLLM batches them itself), with
+  `model` = the served name of the adapter (or the base model), `temperature`, `top_p`,
+  `max_tokens` = `sampling.max_new_tokens` and a `seed` derived from the session's seed and its
+  turn number, so a rerun of an episode sends the same seeds (vLLM honours them; whether the
+  samples are then identical depends on the server's batching and kernels). Replies come back as
+  `Generation(text, token_ids=[], finish_reason, prompt_tokens, prefill_tokens)` from the response's
+  `usage` (`prefill_tokens` = prompt tokens less `prompt_tokens_details.cached_tokens` when the
+  server reports them). A reply with no choices is an empty reply (the driver counts it invalid).
+- **Adapters** are loaded with vLLM's runtime LoRA API, `POST {base_url}/load_lora_adapter`
+  `{"lora_name": NAME, "lora_path": PATH}` (server started with `--enable-lora` and
+  `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`). vLLM reads the weights when the adapter is loaded and
+  keeps serving them under NAME, so NAME carries the adapter's content: `<prefix>-<first 12 hex of
+  sha256(adapter_config.json, adapter weights)>` (prefix: the adapter folder's name). A retrained
+  adapter in the same folder gets a new name, so a stale one is never served; an "already loaded"
+  answer for the same NAME is fine. PATH is the folder as the *server* sees it:
+  `adapter_path_on_server`, by default the local absolute path (the compose file mounts ./data at
+  the same path in the worker and in the vLLM container). If the server forgot the adapter (it was
+  restarted), a 404 for it makes the engine load it again and retry.
+- **Errors**: connection failures, timeouts, 408/429/5xx are retried with exponential backoff
+  (honouring Retry-After) `retries` times; then, and for any other refusal, `VLLMError` (an
+  `EnvError`, so the CLI prints one line) naming the URL and what to check.
+- **API key**: `$VLLM_API_KEY` (or `api_key_env`, or `api_key=`) goes only into the
+  `Authorization: Bearer` header; it is never logged, stored or part of an error message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from eef_tasks.envs.base import EnvError
+from eef_tasks.experts.llm import RETRYABLE_STATUS, _retry_after, redact_url
+from eef_tasks.rollout import Generation, SamplingConfig, Session
+
+logger = logging.getLogger(__name__)
+
+ENGINE_NAME = "vllm"
+URL_ENV = "EEF_VLLM_URL"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# a failing adapter load is retried only for these (a 500 there is the adapter's fault, e.g. rank)
+_LOAD_RETRY_STATUS = frozenset({408, 425, 429, 502, 503, 504})
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_SERVER_HINT = "is the vLLM server running and reachable? (docs/vllm.md)"
+
+
+class VLLMError(EnvError):
+    """The vLLM server is unreachable or refused a request; the message says what to check."""
+
+
+@dataclass
+class VLLMSession(Session):
+    """A conversation on the server: no cache on this side, only the turn count (for the seeds)."""
+
+    turns: int = 0
+
+    def reset(self) -> None:
+        super().reset()
+        self.turns = 0
+
+
+def request_seed(session_seed: int, turn: int) -> int:
+    """The `seed` of a session's `turn`-th request: stable across processes, 31 bits."""
+    digest = hashlib.sha256(f"{session_seed}/{turn}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1
+
+
+def adapter_fingerprint(adapter_dir: str | Path) -> str:
+    """sha256 (hex) of a LoRA adapter folder's config and weights."""
+    folder = Path(adapter_dir)
+    config = folder / "adapter_config.json"
+    weights = next((folder / n for n in ADAPTER_WEIGHTS if (folder / n).is_file()), None)
+    if not config.is_file() or weights is None:
+        raise VLLMError(
+            f"{folder} is not a LoRA adapter folder (it needs adapter_config.json and "
+            f"{' or '.join(ADAPTER_WEIGHTS)}; `eef train` writes them)"
+        )
+    h = hashlib.sha256()
+    for path in (config, weights):
+        h.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def adapter_served_name(adapter_dir: str | Path, prefix: str | None = None) -> str:
+    """`<prefix>-<12 hex of the adapter's content hash>`; prefix defaults to the folder's name."""
+    prefix = _NAME_CHARS.sub("-", prefix if prefix is not None else Path(adapter_dir).resolve().name)
+    return f"{prefix.strip('-') or 'adapter'}-{adapter_fingerprint(adapter_dir)[:12]}"
+
+
+class VLLMEngine:
+    """Samples replies from a vLLM server, optionally through a LoRA adapter loaded at run time."""
+
+    name = ENGINE_NAME
+
+    def __init__(
+        self,
+        base_url: str | None,
+        base_model: str | None = None,
+        adapter_dir: str | Path | None = None,
+        *,
+        adapter_name_prefix: str | None = None,
+        adapter_path_on_server: str | None = None,
+        api_key_env: str | None = "VLLM_API_KEY",
+        api_key: str | None = None,
+        max_concurrency: int = 64,
+        timeout_s: float = 300.0,
+        retries: int = 8,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        """`base_url`: the server's OpenAI base URL (…/v1; a bare http://host:port gets /v1), by
+        default $EEF_VLLM_URL. `base_model`: the base model's served name (`vllm serve
+        --served-model-name`); None asks the server (which must then serve exactly one)."""
+        base_url = base_url or os.environ.get(URL_ENV)
+        if not base_url:
+            raise VLLMError(f"no vLLM server URL: pass one (--vllm-url) or set ${URL_ENV}, "
+                            "e.g. http://localhost:8000/v1")
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        parts = urlsplit(base_url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise VLLMError(f"not an http(s) URL: {redact_url(base_url)!r} (e.g. http://localhost:8000/v1)")
+        path = parts.path.rstrip("/") or "/v1"  # vLLM serves its OpenAI routes under /v1
+        self.base_url = urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], path, "", ""))
+        self.safe_url = redact_url(self.base_url)
+        self.adapter_dir = str(adapter_dir) if adapter_dir else None
+        self.adapter_name = adapter_served_name(adapter_dir, adapter_name_prefix) if adapter_dir else None
+        self.adapter_path_on_server = (
+            (adapter_path_on_server or str(Path(adapter_dir).resolve())) if adapter_dir else None
+        )
+        key = api_key if api_key is not None else (os.environ.get(api_key_env) if api_key_env else None)
+        self._key = key or None
+        self._secrets = [s for s in (self._key, parts.password, parts.username) if s and len(s) >= 4]
+        # user:password in the URL (a proxy in front of the server) unless an API key takes the header
+        auth = httpx.BasicAuth(parts.username or "", parts.password or "") \
+            if parts.username and not self._key else None
+        self._http = httpx.Client(
+            timeout=timeout_s, auth=auth, transport=transport,
+            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
+        )
+        self.timeout_s = timeout_s
+        self.retries_allowed = retries
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.max_concurrency = max_concurrency
+        self._sleep = sleep
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()  # server state (readiness, adapter loads) and the pool
+        self._count_lock = threading.Lock()
+        self._ready = False
+        self.retries = 0  # transient failures retried so far
+        if base_model:
+            self.base_model = base_model
+        else:
+            try:
+                self.base_model = self._only_base_model()
+            except BaseException:
+                self._http.close()
+                raise
+
+    # -- the interface run_rollouts uses --
+
+    @property
+    def model_path(self) -> str:
+        """The base model's served name (what `meta.model_path` records for this engine)."""
+        return self.base_model
+
+    @property
+    def served_model(self) -> str:
+        """The `model` of the requests: the adapter's served name, else the base model."""
+        return self.adapter_name or self.base_model
+
+    def session(self, key: str, seed: int = 0) -> VLLMSession:
+        return VLLMSession(key=key, seed=seed)
+
+    def generate(
+        self, requests: Sequence[tuple[Session, Sequence[dict[str, str]]]], sampling: SamplingConfig
+    ) -> list[Generation]:
+        """One reply per (session, messages); the requests go to the server concurrently."""
+        if not requests:
+            return []
+        self.ensure_ready()
+        seeds = []
+        for session, _ in requests:
+            turn = getattr(session, "turns", 0)
+            seeds.append(request_seed(session.seed, turn))
+            if isinstance(session, VLLMSession):
+                session.turns = turn + 1
+        jobs = [(list(messages), seed) for (_, messages), seed in zip(requests, seeds, strict=True)]
+        if len(jobs) == 1:
+            results = [self._complete(jobs[0][0], sampling, jobs[0][1])]
+        else:
+            pool = self._executor()
+            futures: list[Future] = [pool.submit(self._complete, m, sampling, s) for m, s in jobs]
+            results = []
+            try:
+                for future in futures:
+                    results.append(future.result())
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+        out = []
+        for (session, _), (text, finish, prompt, prefill, completion) in zip(requests, results, strict=True):
+            session.prompt_tokens += prompt
+            session.prefill_tokens += prefill
+            session.completion_tokens += completion
+            out.append(Generation(text=text, token_ids=[], finish_reason=finish,
+                                  prompt_tokens=prompt, prefill_tokens=prefill))
+        return out
+
+    # -- server state --
+
+    def ensure_ready(self) -> None:
+        """Once: check that the server serves the base model and load the adapter (if any)."""
+        if self._ready:
+            return
+        with self._lock:
+            if self._ready:
+                return
+            models = self.served_models()
+            if self.base_model not in models:
+                raise VLLMError(
+                    f"the vLLM server at {self.safe_url} does not serve the model {self.base_model!r} "
+                    f"(it serves {sorted(models)}): pass the name given to `vllm serve "
+                    "--served-model-name` (--served-model)"
+                )
+            if self.adapter_name and self.adapter_name not in models:
+                self._load_adapter()
+            self._ready = True
+
+    def served_models(self) -> dict[str, dict[str, Any]]:
+        """The server's `/models` listing: id -> model card (vLLM lists loaded adapters too, with
+        `parent` = their base model)."""
+        response = self._request("GET", "/models", None, what="listing models")
+        if response.status_code != 200:
+            raise VLLMError(self._refused(response, "/models"))
+        try:
+            cards = response.json()["data"]
+            return {str(c["id"]): c for c in cards}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise VLLMError(f"{self.safe_url}/models answered something that is not a model list "
+                            f"({type(exc).__name__}){self._detail(response)}") from None
+
+    def _only_base_model(self) -> str:
+        bases = [name for name, card in self.served_models().items() if not card.get("parent")]
+        if len(bases) != 1:
+            raise VLLMError(f"the vLLM server at {self.safe_url} serves {sorted(bases) or 'no'} base "
+                            "models: name one with --served-model")
+        return bases[0]
+
+    def load_adapter(self) -> None:
+        """(Re)load this engine's adapter into the server under its content-hashed name."""
+        with self._lock:
+            self._load_adapter()
+
+    def _load_adapter(self) -> None:
+        if not self.adapter_name:
+            return
+        logger.info("loading LoRA adapter %s as %r into %s", self.adapter_dir, self.adapter_name, self.safe_url)
+        body = {"lora_name": self.adapter_name, "lora_path": self.adapter_path_on_server}
+        response = self._request("POST", "/load_lora_adapter", body, what="loading the adapter",
+                                 retry_status=_LOAD_RETRY_STATUS)
+        if response.status_code == 200:
+            return
+        message = _error_message(response)
+        if response.status_code == 400 and message and "already" in message.lower():
+            return  # the same content under the same name
+        if response.status_code == 404 and message is None:
+            raise VLLMError(
+                f"the server at {self.safe_url} has no /load_lora_adapter: start vLLM with --enable-lora "
+                "and the environment variable VLLM_ALLOW_RUNTIME_LORA_UPDATING=True (docs/vllm.md)"
+            )
+        raise VLLMError(
+            f"the vLLM server at {self.safe_url} could not load the adapter {self.adapter_dir} from "
+            f"{self.adapter_path_on_server!r} (HTTP {response.status_code}"
+            f"{': ' + self.scrub(message)[:300] if message else ''}); the path must be the adapter folder "
+            "as the server sees it (adapter_path_on_server / --adapter-path-on-server) and its LoRA rank "
+            "at most the server's --max-lora-rank"
+        )
+
+    def unload_adapter(self) -> bool:
+        """Ask the server to forget this engine's adapter; False if it did not know it."""
+        if not self.adapter_name:
+            return False
+        response = self._request("POST", "/unload_lora_adapter", {"lora_name": self.adapter_name},
+                                 what="unloading the adapter", retry_status=_LOAD_RETRY_STATUS)
+        with self._lock:
+            self._ready = False
+        if response.status_code == 200:
+            return True
+        if response.status_code in (400, 404) and _error_message(response):
+            return False
+        raise VLLMError(self._refused(response, "/unload_lora_adapter"))
+
+    # -- requests --
+
+    def _complete(
+        self, messages: list[dict[str, str]], sampling: SamplingConfig, seed: int
+    ) -> tuple[str, str, int, int, int]:
+        body = {
+            "model": self.served_model, "messages": messages, "temperature": sampling.temperature,
+            "top_p": sampling.top_p, "max_tokens": sampling.max_new_tokens, "seed": seed, "n": 1,
+        }
+        response = self._request("POST", "/chat/completions", body, what="a chat completion")
+        if response.status_code == 404 and self.adapter_name:
+            # the server lost the adapter (restarted since it was loaded): load it again, once
+            logger.warning("%s does not know the adapter %r: loading it again", self.safe_url, self.adapter_name)
+            self.load_adapter()
+            response = self._request("POST", "/chat/completions", body, what="a chat completion")
+        if response.status_code != 200:
+            raise VLLMError(self._refused(response, "/chat/completions"))
+        try:
+            data = response.json()
+            choices = data.get("choices") or []
+            usage = data.get("usage") or {}
+        except (ValueError, AttributeError):
+            raise VLLMError(f"{self.safe_url}/chat/completions answered something that is not a chat "
+                            f"completion{self._detail(response)}") from None
+        text, finish = "", "empty"
+        if choices and isinstance(choices[0], dict):
+            message = choices[0].get("message") or {}
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, list):  # content parts
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            text = content if isinstance(content, str) else ""
+            finish = choices[0].get("finish_reason") or "stop"
+        prompt = int(usage.get("prompt_tokens") or 0)
+        details = usage.get("prompt_tokens_details") or {}
+        cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+        return text, str(finish), prompt, max(0, prompt - cached), int(usage.get("completion_tokens") or 0)
+
+    def _request(
+        self, method: str, path: str, body: dict[str, Any] | None, *, what: str,
+        retry_status: frozenset[int] = RETRYABLE_STATUS,
+    ) -> httpx.Response:
+        """The server's answer; transport failures and `retry_status` answers are retried with
+        backoff, and raise VLLMError when the retries are spent."""
+        url = self.base_url + path
+        attempts = self.retries_allowed + 1
+        for attempt in range(attempts):
+            retry_after = None
+            try:
+                response = self._http.request(method, url, json=body, headers=self._headers())
+            except httpx.TimeoutException:
+                why = f"no answer within {self.timeout_s:g} s"
+            except httpx.TransportError as exc:
+                why = f"cannot connect ({type(exc).__name__}: {self.scrub(str(exc))[:200]})"
+            else:
+                if response.status_code not in retry_status:
+                    return response
+                why = f"HTTP {response.status_code}{self._detail(response)}"
+                retry_after = _retry_after(response.headers)
+            if attempt + 1 >= attempts:
+                raise VLLMError(
+                    f"the vLLM server at {self.safe_url} kept failing ({what}): {why}; gave up after "
+                    f"{attempts} tries; {_SERVER_HINT}"
+                )
+            delay = self._delay(attempt, retry_after)
+            with self._count_lock:
+                self.retries += 1
+            logger.warning("vLLM %s at %s failed: %s; retry %d/%d in %.1f s",
+                           what, self.safe_url, why, attempt + 1, attempts - 1, delay)
+            self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_backoff_s)
+        return min(self.max_backoff_s, self.backoff_s * (2 ** attempt) * random.uniform(0.75, 1.0))
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        return headers
+
+    def scrub(self, text: str) -> str:
+        """`text` with the API key and URL credentials replaced by '***'."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _detail(self, response: httpx.Response) -> str:
+        try:
+            text = " ".join(self.scrub(response.text).split())
+        except Exception:  # noqa: BLE001 - a body that cannot be read adds nothing
+            return ""
+        return f": {text[:300]}" if text else ""
+
+    def _refused(self, response: httpx.Response, path: str) -> str:
+        status = response.status_code
+        hint = {
+            401: "the API key was refused: set $VLLM_API_KEY to the server's --api-key",
+            403: "access denied",
+            404: f"no such route or model (the URL should end in /v1; model={self.served_model!r})",
+        }.get(status, "the request was refused")
+        return f"{self.safe_url}{path} answered HTTP {status}: {hint}{self._detail(response)}"
+
+    # -- lifetime --
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="eef-vllm")
+            return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        self._http.close()
+
+    def __enter__(self) -> VLLMEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"VLLMEngine({self.safe_url!r}, model={self.served_model!r})"
+
+
+def _error_message(response: httpx.Response) -> str | None:
+    """The message of a vLLM/OpenAI error body ({"error": {"message"}} or {"message"}), or None
+    when the body is not one (e.g. FastAPI's {"detail": "Not Found"} for a missing route)."""
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"]
+    if isinstance(error, str):
+        return error
+    if isinstance(data.get("message"), str):
+        return data["message"]
+    return None
+
+
+__all__ = [
+    "ENGINE_NAME", "URL_ENV", "VLLMEngine", "VLLMError", "VLLMSession", "adapter_fingerprint",
+    "adapter_served_name", "request_seed",
+]
