@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(VENV)/bin/eef demo
+	$(VENV)/bin/eef run --preset demo --db data/demo.duckdb
 
 test: install
 	$(PY) -m pytest -q

@@ -424,7 +424,7 @@ def rollout(
 @app.command()
 @user_errors
 def demo(
-    db: DbOption = Path("data/demo.duckdb"),
+    db: DbOption = Path("data/demo-synthetic.duckdb"),
     n_tasks: Annotated[int, typer.Option("--tasks", help="synthetic tasks to generate")] = 60,
     iterations: Annotated[int, typer.Option("--iterations")] = 3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -433,6 +433,97 @@ def demo(
     from eef_tasks import demo as demo_module
 
     demo_module.run(db, n_tasks=n_tasks, iterations=iterations, seed=seed, console=out)
+
+
+class Preset(str, Enum):
+    tiny = "tiny"
+    demo = "demo"
+    paper = "paper"
+
+
+def _overrides(settings: list[str] | None) -> dict:
+    """KEY=VALUE pairs (VALUE parsed as JSON when it is JSON, else kept as a string)."""
+    values: dict = {}
+    for item in settings or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise store.StoreError(f"--set expects KEY=VALUE, not {item!r}")
+        try:
+            values[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key.strip()] = raw
+    return values
+
+
+@app.command("run")
+@user_errors
+def run_cmd(
+    preset: Annotated[Preset, typer.Option("--preset", help="tiny (tests), demo (CPU, minutes), paper (I=4, M=5, GPU)")] = Preset.demo,
+    db: DbOption = store.DEFAULT_DB,
+    name: Annotated[str, typer.Option("--name", help="runs are NAME-eef and NAME-rft")] = "demo",
+    expert: Annotated[str, typer.Option("--expert", help="collect synthetic|gold expert data first, or none")] = "synthetic",
+    rft_samples: Annotated[int, typer.Option("--rft-samples", help="k of the RFT baseline (RFT x k)")] = 1,
+    settings: Annotated[list[str] | None, typer.Option("--set", help="override a run setting: KEY=VALUE (JSON), e.g. iterations=3")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="where the comparison table and plot go")] = Path("data/reports"),
+) -> None:
+    """The whole method end to end (Prefect flow `experiment`): expert data, EEF, RFT, comparison."""
+    from flows.pipeline import ExperimentParams, experiment_flow
+
+    from eef_tasks import report
+
+    if expert not in ("synthetic", "gold", "none"):
+        raise store.StoreError("--expert must be synthetic, gold or none")
+    params = ExperimentParams(db=str(db), preset=preset.value, name=name, expert=expert,
+                              rft_samples=rft_samples, overrides=_overrides(settings), out_dir=str(out_dir))
+    result = experiment_flow(params)
+    frame = report.comparison(db, [f"{name}-eef", f"{name}-rft"])
+    headers, rows = report.display_rows(frame)
+    from rich.table import Table
+
+    table = Table(title=f"EEF vs RFT ({preset.value} preset; win rates in %)")
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("run", "method", "eval split") else "right")
+    for row in rows:
+        table.add_row(*map(escape, row))
+    Console(highlight=False, width=max(Console(width=10_000).measure(table).maximum, 100)).print(table)
+    for line in report.best_iteration_lines(frame):
+        out.print(escape(line))
+    out.print(f"table: {escape(str(result['table']))}  plot: {escape(str(result['plot']))}")
+    out.print(f"Try: eef sql --db {escape(str(db))} \"SELECT * FROM run_comparison\"")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    adapter: Annotated[Path | None, typer.Option("--adapter", help="LoRA adapter folder (none: the base model)")] = None,
+    db: DbOption = store.DEFAULT_DB,
+    run: Annotated[str, typer.Option("--run", help="the run the eval trajectories are stored under")] = "eval",
+    iteration: Annotated[int, typer.Option("--iteration")] = 0,
+    split: Annotated[str, typer.Option("--split", help="dev or test (never tasks that are also in train)")] = "dev",
+    tasks: Annotated[str | None, typer.Option("--tasks", help="comma-separated task names, e.g. boil,melt")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="at most this many tasks")] = None,
+    base_model: Annotated[str | None, typer.Option("--base-model")] = None,
+    workers: Annotated[int, typer.Option("--workers")] = 4,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 128,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="cap on each task's step limit")] = None,
+) -> None:
+    """Win rate and mean reward of an adapter on a split (greedy), stored as purpose='eval' trajectories."""
+    from eef_tasks import evaluation
+
+    result = evaluation.evaluate_adapter(
+        db, adapter, run_id=run, iteration=iteration, split=split,
+        task_names=[t for t in (tasks or "").split(",") if t] or None, limit=limit, base_model=base_model,
+        n_workers=workers, max_new_tokens=max_new_tokens, max_steps=max_steps,
+    )
+    out.print(
+        f"{escape(result.model_id)} on {result.n_tasks} {split} tasks: win rate {result.win_rate:.1%}, "
+        f"mean reward {result.mean_reward:.3f} ({result.written} new, {result.already_stored} already stored"
+        f"{', ' + str(len(result.errors)) + ' failed' if result.errors else ''})"
+    )
+    for key, why in result.errors:
+        err.print(f"[red]failed:[/red] {escape(str(key))}: {escape(str(why))}")
+    if result.errors:
+        raise typer.Exit(1)
 
 
 class CompareFormat(str, Enum):

@@ -102,7 +102,7 @@ class RunConfig(BaseModel):
 
 
 def _tiny_train() -> TrainConfig:
-    return TrainConfig(epochs=1, batch_size=8, micro_batch=4, max_length=1024, learning_rate=2e-4)
+    return TrainConfig(epochs=1, batch_size=4, micro_batch=4, max_length=1024, learning_rate=5e-4)
 
 
 # Presets: starting points for RunConfig (a run_id is added by the caller). `demo` is what the
@@ -115,9 +115,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(
         iterations=2, n_sims=2,
         task_names=["lifespan-longest-lived", "lifespan-shortest-lived", "lifespan-longest-lived-then-shortest-lived"],
-        train_limit=8, eval_limit=6,
-        train=TrainConfig(epochs=2, batch_size=8, micro_batch=4, max_length=1536, learning_rate=2e-4).model_dump(),
-        max_new_tokens=40, max_steps=8, workers=4,
+        train_limit=5, eval_limit=3,
+        train=TrainConfig(epochs=3, batch_size=4, micro_batch=4, max_length=1024, learning_rate=5e-4).model_dump(),
+        max_new_tokens=24, max_steps=7, workers=4,
     ),
     "paper": dict(iterations=4, n_sims=5, samples=1, eval_split="test", workers=16),
 }
@@ -177,6 +177,9 @@ def register_run(db: str | Path, config: RunConfig) -> RunConfig:
                 + (f" named {', '.join(config.task_names)}" if config.task_names else "")
                 + " — collect some first (`eef collect`)"
             )
+        if not resolved.eval_tasks:
+            raise PipelineError(f"no {config.eval_split} tasks to evaluate on"
+                                + (f" named {', '.join(config.task_names)}" if config.task_names else ""))
         if row is None:
             con.execute("INSERT INTO runs (run_id, n_sims) VALUES ($r, $m)", {"r": config.run_id, "m": config.n_sims})
         _write_config(con, resolved, config.model_dump(mode="json"))
@@ -550,6 +553,20 @@ def run_phase_process(
     return result
 
 
+def _set_torch_threads(phase: str) -> None:
+    """CPU threads for torch in a phase process: $EEF_TORCH_THREADS, else all cores for training and
+    half of them for rollouts, whose game processes need the rest (on a 2-core machine, two torch
+    threads beside the JVMs made generation ~5x slower than one)."""
+    wanted = os.environ.get("EEF_TORCH_THREADS")
+    n = int(wanted) if wanted else (os.cpu_count() or 1) if phase in ("train", "select") else max(1, (os.cpu_count() or 2) // 2)
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, n))
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eef_tasks.pipeline", description="run one phase of a run")
     parser.add_argument("phase", choices=PHASES)
@@ -566,6 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             last[0] = now
             print(PROGRESS_PREFIX + json.dumps([done, total]), flush=True)
 
+    _set_torch_threads(args.phase)
     try:
         summary = run_phase(args.db, args.run, args.iteration, args.phase, progress)
     except UserError as exc:

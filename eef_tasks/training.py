@@ -185,12 +185,30 @@ def _n_loss_tokens(e: EncodedChat) -> int:
     return sum(1 for label in e.labels[1:] if label != IGNORE_INDEX)
 
 
+def _causal_lm_parts(model: Any) -> tuple[Any, Any] | None:
+    """(decoder, lm_head) of a causal LM, through a peft wrapper; None for unusual models."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, head = getattr(lm, "model", None), getattr(lm, "lm_head", None)
+    return (decoder, head) if decoder is not None and head is not None else None
+
+
 def _summed_loss(model: Any, batch: dict[str, Any], device: Any):
+    """Summed cross-entropy over the supervised tokens. The output head (vocabulary-sized) runs
+    only on the positions that have a label: actions are a small share of an agent's context, so
+    this saves most of the head's compute and the memory of full [batch, length, vocab] logits."""
     import torch
 
     ids = batch["input_ids"].to(device)
     mask = batch["attention_mask"].to(device)
     labels = batch["labels"].to(device)
+    parts = _causal_lm_parts(model)
+    if parts is not None:
+        decoder, head = parts
+        hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1, :]
+        shift_labels = labels[:, 1:]
+        keep = shift_labels != IGNORE_INDEX
+        logits = head(hidden[keep]).float()
+        return torch.nn.functional.cross_entropy(logits, shift_labels[keep], reduction="sum")
     logits = model(input_ids=ids, attention_mask=mask).logits
     shift_logits = logits[:, :-1, :].float()
     shift_labels = labels[:, 1:]

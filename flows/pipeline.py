@@ -208,8 +208,12 @@ def iteration_flow(params: IterationParams = IterationParams()) -> dict | None:
     summaries["evaluate"] = evaluate(*ids)
     publish_iteration(db, run_id, iteration, summaries)
     ev = summaries["evaluate"]
-    print(f"{run_id} iteration {iteration}: win rate {ev.get('win_rate')} mean reward {ev.get('mean_reward')} "
-          f"on {ev.get('n_eval')} {config.eval_split} tasks")
+    if ev.get("reused"):
+        print(f"{run_id} iteration {iteration}: reuses the behaviour-cloning adapter {ev['adapter']} "
+              "(evaluated by the run that trained it)")
+    else:
+        print(f"{run_id} iteration {iteration}: win rate {ev['win_rate']:.1%}, mean reward {ev['mean_reward']:.3f} "
+              f"on {ev['n_eval']} {config.eval_split} tasks")
     return {"iteration": iteration, **summaries}
 
 

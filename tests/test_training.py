@@ -190,3 +190,25 @@ def test_eef_examples_keep_harmful_expert_actions_as_context(tmp_path):
     assert [(t.step, t.supervised) for t in turns if t.role == "assistant"] == [
         (0, False), (1, False), (2, True), (3, True)]
     assert by_state[("initial", 0)][0].traj_id == "simulate-1"
+
+
+def test_loss_on_supervised_positions_equals_the_full_logits_loss(db):
+    """The trainer runs the output head only where there are labels; same number as full logits."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eef_tasks.training import _summed_loss
+
+    tokenizer = AutoTokenizer.from_pretrained(BASE)
+    encoded = [encode_chat(tokenizer, turns) for _, turns in load_training_chats(db, RUN, 0, "bc")]
+    batch = collate(encoded, tokenizer.pad_token_id)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32),
+                           LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    model.eval()
+    with torch.no_grad():
+        fast = _summed_loss(model, batch, torch.device("cpu"))
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        full = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1),
+            ignore_index=IGNORE_INDEX, reduction="sum")
+    assert torch.allclose(fast, full, rtol=1e-4), (float(fast), float(full))

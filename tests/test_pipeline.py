@@ -1,0 +1,156 @@
+"""The pipeline's bookkeeping without a model: run settings, phase order, markers, resumption.
+
+The phases that need a model and the game are exercised end to end in tests/test_pipeline_flows.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from eef_tasks import pipeline, store
+from eef_tasks.pipeline import PipelineError, RunConfig
+from eef_tasks.records import StepRecord, TaskRecord, TrajectoryRecord, write_trajectories
+
+TASKS = ["scienceworld/lifespan-shortest-lived/1", "scienceworld/lifespan-shortest-lived/12",
+         "scienceworld/find-plant/154"]
+
+
+def _expert(traj_id: str, task_id: str, n: int, reward: float) -> TrajectoryRecord:
+    return TrajectoryRecord(
+        traj_id=traj_id, task_id=task_id, source="expert", expert="synthetic", iteration=0, purpose="expert",
+        reward=reward, steps=[StepRecord(action=f"look at thing {k}", observation=f"obs {k}") for k in range(n)],
+    )
+
+
+@pytest.fixture
+def db(tmp_path):
+    path = tmp_path / "eef.duckdb"
+    with store.writer(path) as con:
+        write_trajectories(
+            con,
+            [_expert("e/0", TASKS[0], 4, 1.0), _expert("e/1", TASKS[0], 6, 0.5),
+             _expert("e/2", TASKS[1], 3, 1.0), _expert("e/3", TASKS[2], 9, 0.25)],
+            tasks=[TaskRecord(task_id=t, env="scienceworld", split="train", instruction=f"do {t}") for t in TASKS],
+        )
+    return path
+
+
+def config(**kw) -> RunConfig:
+    values = dict(run_id="r1", n_sims=2, iterations=2, adapters_dir="unused", eval_split="dev", eval_limit=3)
+    return RunConfig(**{**values, **kw})
+
+
+def test_method_and_m_must_agree() -> None:
+    with pytest.raises(ValueError, match="rft runs have no simulations"):
+        RunConfig(run_id="x", method="rft", n_sims=3)
+    with pytest.raises(ValueError, match="n_sims = 0 is the rft baseline"):
+        RunConfig(run_id="x", method="eef", n_sims=0)
+    assert pipeline.preset_config("demo", "d", "rft").n_sims == 0
+    with pytest.raises(PipelineError, match="unknown preset"):
+        pipeline.preset_config("huge", "d")
+    with pytest.raises(PipelineError, match="run settings, iterations"):
+        pipeline.preset_config("tiny", "d", iterations=-1)
+
+
+def test_register_resolves_task_sets_once_and_fixes_settings(db) -> None:
+    registered = pipeline.register_run(db, config(task_names=["lifespan-shortest-lived"]))
+    assert registered.train_tasks == TASKS[:2]  # expert data on train tasks of that name only
+    assert len(registered.eval_tasks) == 3
+    assert pipeline.load_run(db, "r1") == registered
+    # the same request again is fine; only the mutable settings may change
+    assert pipeline.register_run(db, config(task_names=["lifespan-shortest-lived"])) == registered
+    more = pipeline.register_run(db, config(task_names=["lifespan-shortest-lived"], iterations=5, workers=2))
+    assert (more.iterations, more.workers, more.train_tasks) == (5, 2, registered.train_tasks)
+    with pytest.raises(PipelineError, match=r"exists with other settings \(n_sims\)"):
+        pipeline.register_run(db, config(task_names=["lifespan-shortest-lived"], n_sims=3))
+    with pytest.raises(PipelineError, match="max_new_tokens"):
+        pipeline.register_run(db, config(task_names=["lifespan-shortest-lived"], max_new_tokens=7))
+    with store.reader(db) as con:
+        assert con.execute("SELECT n_sims FROM runs WHERE run_id = 'r1'").fetchall() == [(2,)]
+
+
+def test_no_training_tasks_is_a_clear_error(db) -> None:
+    with pytest.raises(PipelineError, match="no training tasks.*named boil.*eef collect"):
+        pipeline.register_run(db, config(task_names=["boil"]))
+
+
+def test_evaluation_never_uses_training_tasks(db) -> None:
+    # ETO's dev split repeats 54 train pairs, e.g. find-animal/188; they count as train
+    run = pipeline.register_run(db, config(task_names=["find-plant"], eval_limit=None))
+    from eef_tasks.envs.scienceworld import catalog, find_task
+
+    dev = [s.task_id for s in catalog("dev", tasks=["find-plant"])]
+    assert run.eval_tasks and set(run.eval_tasks) < set(dev)
+    assert all(find_task(t).split == "dev" for t in run.eval_tasks)
+    leaked = next(t for t in dev if find_task(t).split == "train")
+    with pytest.raises(PipelineError, match="must not be training tasks"):
+        pipeline.register_run(db, config(run_id="r2", task_names=["find-plant"], eval_tasks=[leaked]))
+
+
+def test_phase_order_markers_and_next_iteration(db) -> None:
+    pipeline.register_run(db, config())
+    assert pipeline.next_iteration(db, "r1") == 0
+    assert pipeline.phases_of(0, config()) == ("select", "train", "evaluate")
+    assert pipeline.phases_of(1, config()) == ("explore", "simulate", "select", "train", "evaluate")
+    assert "simulate" not in pipeline.phases_of(1, config(method="rft", n_sims=0))
+    with pytest.raises(PipelineError, match="train needs select first"):
+        pipeline.run_phase(db, "r1", 0, "train")
+    with pytest.raises(PipelineError, match="explore needs iteration 0 first"):
+        pipeline.run_phase(db, "r1", 1, "explore")
+    with pytest.raises(PipelineError, match="no explore phase in iteration 0"):
+        pipeline.run_phase(db, "r1", 0, "explore")
+    with pytest.raises(PipelineError, match="unknown phase"):
+        pipeline.run_phase(db, "r1", 0, "dance")
+    with pytest.raises(PipelineError, match="has 2 iterations, not 3"):
+        pipeline.run_phase(db, "r1", 3, "select")
+
+    first = pipeline.run_phase(db, "r1", 0, "select")
+    assert first["method"] == "bc" and first["n_examples"] == 2 and "skipped" not in first
+    again = pipeline.run_phase(db, "r1", 0, "select")  # recorded: not redone
+    assert again["skipped"] and again["n_examples"] == 2
+    with store.reader(db) as con:
+        assert con.execute("SELECT count(*) FROM training_examples WHERE run_id = 'r1'").fetchall() == [(2,)]
+        assert con.execute("SELECT iteration, phase FROM run_phases").fetchall() == [(0, "select")]
+    # the other phases of iteration 0, recorded as done, move the run on
+    for phase in ("train", "evaluate"):
+        pipeline._mark(db, "r1", 0, phase, 0.0, {"adapter": "a0"})
+    assert pipeline.next_iteration(db, "r1") == 1
+    for it in (1, 2):
+        for phase in pipeline.phases_of(it, config()):
+            pipeline._mark(db, "r1", it, phase, 0.0, {"adapter": f"a{it}"})
+    assert pipeline.next_iteration(db, "r1") is None
+    assert pipeline.run_iteration(db, "r1") is None  # a finished run: a schedule does nothing
+
+
+def test_unknown_run_is_a_clear_error(db) -> None:
+    with pytest.raises(PipelineError, match="no pipeline run 'nope'"):
+        pipeline.load_run(db, "nope")
+
+
+def test_store_id_is_stable_per_file_and_new_per_file(db, tmp_path) -> None:
+    assert pipeline.store_id(db) == pipeline.store_id(db)
+    assert pipeline.store_id(db) != pipeline.store_id(tmp_path / "other.duckdb")
+
+
+def test_phase_process_reports_result_and_failures(db) -> None:
+    pipeline.register_run(db, config())
+    logs: list[str] = []
+    summary = pipeline.run_phase_process(db, "r1", 0, "select", on_log=logs.append)
+    assert summary["n_examples"] == 2 and summary["by_kind"] == {"expert_success": 2}
+    with pytest.raises(PipelineError, match=r"(?s)exit status 1.*explore needs iteration 0 first"):
+        pipeline.run_phase_process(db, "r1", 1, "explore")
+
+
+def test_phase_command_line(db) -> None:
+    pipeline.register_run(db, config())
+    proc = subprocess.run(
+        [sys.executable, "-m", "eef_tasks.pipeline", "select", "--db", str(db), "--run", "r1", "--iteration", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = next(line for line in proc.stdout.splitlines() if line.startswith(pipeline.RESULT_PREFIX))
+    assert json.loads(result[len(pipeline.RESULT_PREFIX):])["n_examples"] == 2

@@ -1,0 +1,167 @@
+"""The whole method through the Prefect flows, on the `tiny` preset: real ScienceWorld, the real
+synthetic expert, real SmolLM2 training and rollouts, a real (temporary) Prefect server.
+
+- `experiment` end to end: trajectories of every purpose, examples of each kind, an adapter per
+  iteration, evaluation rows, artifacts, the comparison files.
+- resume: `eef run` killed with SIGKILL in the middle of iteration 1 and run again ends with
+  exactly the keys of the uninterrupted run, nothing duplicated, and what was stored before the
+  kill untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from eef_tasks import pipeline, store
+
+try:
+    from eef_tasks.envs import scienceworld as sw
+
+    sw.find_java()
+    HAVE_JAVA = True
+except Exception:  # noqa: BLE001 - any reason the game cannot start
+    HAVE_JAVA = False
+
+pytestmark = [
+    pytest.mark.skipif(not HAVE_JAVA, reason="ScienceWorld needs Java and scienceworld==1.2.3"),
+    pytest.mark.timeout(900),
+]
+
+NAME = "t"
+RUNS = (f"{NAME}-eef", f"{NAME}-rft")
+EEF = Path(sys.executable).with_name("eef")
+
+
+def _eef_run_args(db: Path, work: Path) -> list[str]:
+    return [str(EEF), "run", "--preset", "tiny", "--db", str(db), "--name", NAME,
+            "--set", f"adapters_dir={work / 'adapters'}", "--out", str(work / "reports")]
+
+
+def _rows(db: Path) -> dict[str, list[tuple]]:
+    with store.reader(db) as con:
+        q = lambda sql: sorted(con.execute(sql).fetchall())  # noqa: E731
+        return {
+            "trajectories": q("SELECT traj_id, run_id, iteration, purpose, branch_step FROM trajectories"),
+            "steps": q("SELECT traj_id, step FROM steps"),
+            "examples": q("SELECT run_id, iteration, method, state_kind, state_traj_id, state_step, task_id "
+                          "FROM training_examples"),
+            "phases": q("SELECT run_id, iteration, phase FROM run_phases"),
+        }
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """One uninterrupted `eef run --preset tiny` (the experiment flow) in its own store."""
+    work = tmp_path_factory.mktemp("full")
+    db = work / "eef.duckdb"
+    proc = subprocess.run(_eef_run_args(db, work), capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return work, db, proc.stdout
+
+
+def test_experiment_runs_every_phase_and_reports(full_run) -> None:
+    work, db, stdout = full_run
+    assert "EEF vs RFT" in stdout and "t-eef" in stdout and "t-rft" in stdout
+    with store.reader(db) as con:
+        purposes = dict(con.execute("SELECT purpose, count(*) FROM trajectories GROUP BY ALL").fetchall())
+        assert {"expert", "explore", "simulate", "eval"} <= set(purposes)
+        sims = con.execute(
+            "SELECT count(*) FROM trajectories WHERE purpose = 'simulate' AND run_id = 't-rft'").fetchall()[0][0]
+        assert sims == 0  # the baseline never simulates
+        kinds = dict(con.execute(
+            "SELECT method, list(DISTINCT state_kind) FROM training_examples GROUP BY ALL").fetchall())
+        assert kinds["bc"] == ["expert_success"]
+        assert "initial" in kinds["eef"] and "initial" in kinds["rft"]
+        evals = con.execute("""SELECT run_id, iteration, count(*) FROM trajectories WHERE purpose = 'eval'
+                               GROUP BY ALL ORDER BY ALL""").fetchall()
+        # the rft run reuses the eef run's behaviour-cloning adapter (and its evaluation)
+        assert evals == [("t-eef", 0, 1), ("t-eef", 1, 1), ("t-rft", 1, 1)]
+        splits = con.execute("""SELECT DISTINCT k.split FROM trajectories t JOIN tasks k USING (task_id)
+                                WHERE t.purpose = 'eval'""").fetchall()
+        assert splits == [("dev",)]
+        cmp = con.execute("SELECT run_id, iteration, method FROM run_comparison ORDER BY ALL").fetchall()
+        assert ("t-eef", 1, "eef") in cmp and ("t-rft", 1, "rft") in cmp
+    for run in RUNS:
+        assert pipeline.next_iteration(db, run) is None
+    for adapter in ("t-eef/bc-it0", "t-eef/eef-it1", "t-rft/rft-it1"):
+        assert (work / "adapters" / adapter / "adapter_config.json").is_file(), adapter
+    reports = sorted(p.name for p in (work / "reports").iterdir())
+    assert {"compare-t-eef-t-rft.csv", "compare-t-eef-t-rft.md", "win-rate-t-eef-t-rft.png",
+            "win-rate-t-eef-t-rft.svg"} <= set(reports)
+    assert (work / "reports" / "win-rate-t-eef-t-rft.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _wait_for_phase(db: Path, run_id: str, iteration: int, phase: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        if db.exists():
+            try:
+                with store.reader(db, wait_s=2) as con:
+                    if con.execute("SELECT count(*) FROM run_phases WHERE run_id = $r AND iteration = $i AND phase = $p",
+                                   {"r": run_id, "i": iteration, "p": phase}).fetchall()[0][0]:
+                        return
+            except store.StoreError:
+                pass  # not created yet, or held by the writer: look again
+        time.sleep(0.5)
+    raise AssertionError(f"{run_id} never finished {phase} of iteration {iteration}")
+
+
+def _phase_children(db: Path) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"eef_tasks.pipeline .* --db {db}"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_killed_run_resumes_to_the_same_rows(full_run, tmp_path) -> None:
+    _, full_db, _ = full_run
+    db = tmp_path / "eef.duckdb"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(_eef_run_args(db, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, start_new_session=True)
+    try:
+        # iteration 1 of the eef run: exploration stored, simulation under way
+        _wait_for_phase(db, "t-eef", 1, "explore", proc, timeout=600)
+        before = _rows(db)
+        with store.reader(db) as con:
+            explored = sorted(con.execute(
+                "SELECT traj_id, reward, n_steps, meta::VARCHAR FROM trajectories WHERE purpose = 'explore'").fetchall())
+        os.kill(proc.pid, signal.SIGKILL)  # the flow process only: its phase child must die with it
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while _phase_children(db) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _phase_children(db) == [], "a phase process outlived the killed flow"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # leftovers, e.g. the temporary Prefect server
+        except ProcessLookupError:
+            pass
+    assert ("t-eef", 1, "train") not in before["phases"]
+
+    rerun = subprocess.run(_eef_run_args(db, tmp_path), capture_output=True, text=True, timeout=900, env=env)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    after, full = _rows(db), _rows(full_db)
+    for table in ("trajectories", "steps", "examples", "phases"):
+        assert len(after[table]) == len(set(after[table])), f"duplicated {table} rows"
+    assert after["trajectories"] == full["trajectories"]
+    assert after["phases"] == full["phases"]
+    assert set(before["trajectories"]) <= set(after["trajectories"])
+    with store.reader(db) as con:
+        # what was stored before the kill was kept, not redone
+        assert sorted(con.execute(
+            "SELECT traj_id, reward, n_steps, meta::VARCHAR FROM trajectories WHERE purpose = 'explore' "
+            "AND traj_id IN (SELECT unnest($ids))", {"ids": [r[0] for r in explored]}).fetchall()) == explored
+        # one example per important state, and the stored set is what selection gives now
+        states = con.execute("""SELECT count(*), count(DISTINCT (run_id, iteration, method, state_kind,
+                                       state_traj_id, state_step, task_id)) FROM training_examples""").fetchall()[0]
+        assert states[0] == states[1]
+    for run in RUNS:
+        assert pipeline.next_iteration(db, run) is None
