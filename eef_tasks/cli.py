@@ -384,6 +384,9 @@ def rollout(
 ) -> None:
     """Run the policy in the environment and store every trajectory (resumable)."""
     from eef_tasks import rollout as rollouts
+    from eef_tasks.pipeline import set_torch_threads
+
+    set_torch_threads("rollout")
 
     if purpose is RolloutPurpose.simulate:
         episodes = rollouts.simulation_episodes(db, run, sims, n_samples=samples)
@@ -508,8 +511,9 @@ def evaluate(
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="cap on each task's step limit")] = None,
 ) -> None:
     """Win rate and mean reward of an adapter on a split (greedy), stored as purpose='eval' trajectories."""
-    from eef_tasks import evaluation
+    from eef_tasks import evaluation, pipeline
 
+    pipeline.set_torch_threads("evaluate")
     result = evaluation.evaluate_adapter(
         db, adapter, run_id=run, iteration=iteration, split=split,
         task_names=[t for t in (tasks or "").split(",") if t] or None, limit=limit, base_model=base_model,

@@ -25,6 +25,7 @@ result as `@@progress {...}` / `@@result {...}` lines on stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -46,6 +47,7 @@ from eef_tasks.training import TrainConfig
 logger = logging.getLogger(__name__)
 
 PHASES = ("explore", "simulate", "select", "train", "evaluate")
+MODEL_PHASES = frozenset({"explore", "simulate", "train", "evaluate"})  # hold the machine's model slot
 BC_PHASES = ("select", "train", "evaluate")
 # settings that may change between invocations of a registered run; every other setting is fixed
 MUTABLE_SETTINGS = frozenset({"iterations", "workers", "engine", "vllm_url", "served_model", "max_failed_fraction"})
@@ -329,8 +331,49 @@ def run_phase(db: str | Path, run_id: str, iteration: int, phase: str, progress:
         return {**done, "skipped": True}
     _require(db, config, iteration, phase)
     started = time.time()
-    summary = _PHASE_FUNCTIONS[phase](db, config, iteration, progress)
+    with gpu_slot() if phase in MODEL_PHASES else contextlib.nullcontext():
+        summary = _PHASE_FUNCTIONS[phase](db, config, iteration, progress)
     return _mark(db, run_id, iteration, phase, started, summary)
+
+
+@contextlib.contextmanager
+def gpu_slot(path: str | Path | None = None, *, poll_s: float = 1.0):
+    """Hold this machine's model slot: an exclusive lock on a file, so two model phases (from any
+    flows or shells) never share a GPU — or, on CPU, the cores. The operating system releases the
+    lock when the holder dies, even by SIGKILL, so a killed flow never leaves a stale slot behind.
+    The file is $EEF_GPU_LOCK, else <cache>/locks/model-<CUDA_VISIBLE_DEVICES or 'all'>.lock."""
+    import fcntl
+
+    if path is None:
+        from eef_tasks.models import cache_root
+
+        devices = os.environ.get("CUDA_VISIBLE_DEVICES", "all").replace(",", "_") or "none"
+        path = os.environ.get("EEF_GPU_LOCK") or cache_root() / "locks" / f"model-{devices}.lock"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "another process"
+                    logger.info("waiting for the model slot %s, held by %s", path, holder)
+                    waited = True
+                time.sleep(poll_s)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"PID {os.getpid()} ({' '.join(sys.argv[:6])})\n")
+        handle.flush()
+        try:
+            yield path
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _rollouts(db, config: RunConfig, iteration: int, purpose: str, episodes, adapter: Path,
@@ -553,7 +596,7 @@ def run_phase_process(
     return result
 
 
-def _set_torch_threads(phase: str) -> None:
+def set_torch_threads(phase: str) -> None:
     """CPU threads for torch in a phase process: $EEF_TORCH_THREADS, else all cores for training and
     half of them for rollouts, whose game processes need the rest (on a 2-core machine, two torch
     threads beside the JVMs made generation ~5x slower than one)."""
@@ -583,7 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             last[0] = now
             print(PROGRESS_PREFIX + json.dumps([done, total]), flush=True)
 
-    _set_torch_threads(args.phase)
+    set_torch_threads(args.phase)
     try:
         summary = run_phase(args.db, args.run, args.iteration, args.phase, progress)
     except UserError as exc:

@@ -13,8 +13,8 @@ a fresh LoRA adapter, evaluate it. Iteration 0 is behaviour cloning (select, tra
                (`eef run --preset demo` runs it on CPU in minutes).
 
 Tasks pass references (store path, run id, iteration) and each phase function lives in
-`eef_tasks.pipeline`. Phases that use the model run in a child process, one at a time per machine
-(the `eef-gpu` concurrency limit), with their log lines and progress forwarded to Prefect.
+`eef_tasks.pipeline`. Phases that use the model run in a child process, one at a time per machine (an OS file lock
+that dies with its holder, `pipeline.gpu_slot`), with their log lines and progress forwarded to Prefect.
 Resuming: tasks are cached on their inputs (which include the store file's id and the run's
 settings) and their code; below that, every phase records itself in the store's `run_phases`
 table when it finishes and reruns idempotently when it did not, so a killed flow rerun continues
@@ -38,8 +38,6 @@ from pydantic import BaseModel, Field
 from eef_tasks import pipeline, store
 from eef_tasks.pipeline import RunConfig
 
-GPU_LIMIT = "eef-gpu"
-MODEL_PHASES = {"explore", "simulate", "train", "evaluate"}
 CACHE = INPUTS + TASK_SOURCE
 
 
@@ -95,10 +93,8 @@ def _key(text: str) -> str:
 
 def _run_phase(db: str, run_id: str, iteration: int, phase: str) -> dict:
     logger = get_run_logger()
-    if phase not in MODEL_PHASES:
+    if phase not in pipeline.MODEL_PHASES:
         return pipeline.run_phase(db, run_id, iteration, phase)
-    from prefect.concurrency.sync import concurrency
-
     artifact = create_progress_artifact(0.0, description=f"{run_id} iteration {iteration}: {phase}")
     last = [-1.0]
 
@@ -108,11 +104,10 @@ def _run_phase(db: str, run_id: str, iteration: int, phase: str) -> dict:
             last[0] = value
             update_progress_artifact(artifact, value)
 
-    with concurrency(GPU_LIMIT, occupy=1):
-        summary = pipeline.run_phase_process(
-            db, run_id, iteration, phase, on_log=logger.info, on_progress=progress,
-            env={"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"},
-        )
+    summary = pipeline.run_phase_process(  # the child holds the machine's model slot (pipeline.gpu_slot)
+        db, run_id, iteration, phase, on_log=logger.info, on_progress=progress,
+        env={"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"},
+    )
     update_progress_artifact(artifact, 100.0)
     logger.info("%s of %s iteration %d: %s", phase, run_id, iteration, _brief(summary))
     return summary
@@ -152,23 +147,6 @@ def evaluate(db: str, store_id: str, run_id: str, settings: str, iteration: int)
     return _run_phase(db, run_id, iteration, "evaluate")
 
 
-@task(name="ensure-gpu-limit")
-def ensure_gpu_limit(limit: int = 1) -> None:
-    """Create the `eef-gpu` global concurrency limit if the server has none, so model phases queue."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(GPU_LIMIT)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=limit))
-            except ObjectAlreadyExists:
-                pass
-
-
 def publish_iteration(db: str, run_id: str, iteration: int, summaries: dict[str, dict]) -> None:
     """A table artifact per iteration and the run's markdown summary (stable keys)."""
     rows = [{"phase": phase, **{k: v for k, v in s.items() if not isinstance(v, (list, dict))}}
@@ -196,7 +174,6 @@ def iteration_flow(params: IterationParams = IterationParams()) -> dict | None:
     if iteration is None:
         print(f"run {run_id} has finished its {config.iterations} iterations: nothing to do")
         return None
-    ensure_gpu_limit()
     ids = (db, pipeline.store_id(db), run_id, pipeline.config_hash(config), iteration)
     summaries: dict[str, dict] = {}
     if iteration > 0:
@@ -246,7 +223,6 @@ def rft_flow(params: RFTParams = RFTParams()) -> list[dict]:
 @flow(name="evaluate", flow_run_name="{params.run_id}-it{params.iteration}", log_prints=True)
 def evaluate_flow(params: EvaluateParams = EvaluateParams()) -> dict:
     """Evaluate one iteration's adapter (resumes a partial evaluation; a finished one is reported)."""
-    ensure_gpu_limit()
     config = pipeline.load_run(params.db, params.run_id)
     return evaluate(params.db, pipeline.store_id(params.db), params.run_id, pipeline.config_hash(config),
                     params.iteration)

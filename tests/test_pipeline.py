@@ -154,3 +154,38 @@ def test_phase_command_line(db) -> None:
     assert proc.returncode == 0, proc.stderr
     result = next(line for line in proc.stdout.splitlines() if line.startswith(pipeline.RESULT_PREFIX))
     assert json.loads(result[len(pipeline.RESULT_PREFIX):])["n_examples"] == 2
+
+
+def test_model_slot_is_exclusive_and_released_when_its_holder_is_killed(tmp_path) -> None:
+    import signal
+    import time
+
+    lock = tmp_path / "model.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from eef_tasks.pipeline import gpu_slot\n"
+         f"with gpu_slot({str(lock)!r}):\n    print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert f"PID {holder.pid}" in lock.read_text()
+        got: list[float] = []
+
+        import threading
+
+        def wait_for_slot() -> None:
+            with pipeline.gpu_slot(lock, poll_s=0.05):
+                got.append(time.monotonic())
+
+        waiter = threading.Thread(target=wait_for_slot)
+        waiter.start()
+        time.sleep(1.0)
+        assert not got  # still held by the other process
+        killed_at = time.monotonic()
+        holder.send_signal(signal.SIGKILL)
+        waiter.join(timeout=10)
+        assert got and got[0] >= killed_at  # the OS released the dead holder's lock
+    finally:
+        holder.kill()
+        holder.wait()
