@@ -1,0 +1,48 @@
+"""GPU paths (marked `gpu`; skipped without CUDA): bf16 + gradient checkpointing training, and the
+hf engine's cached batched generation equal to plain greedy generate on the device."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch = pytest.importorskip("torch")
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def test_training_on_cuda_uses_bf16_and_checkpointing(tmp_path) -> None:
+    from eef_tasks import store
+    from eef_tasks.records import StepRecord, TrajectoryRecord, write_trajectories
+    from eef_tasks.selection import select_examples
+    from eef_tasks.training import TrainConfig, read_train_record, train_adapter
+
+    db = tmp_path / "eef.duckdb"
+    with store.writer(db) as con:
+        write_trajectories(con, [TrajectoryRecord(
+            task_id=f"t{i}", env="toy", split="train", instruction="Your task is to boil water.",
+            source="expert", expert="gold", reward=1.0,
+            steps=[StepRecord(action=a, observation=f"You did {a}.") for a in ("go to kitchen", "activate stove")],
+        ) for i in range(4)])
+        select_examples(con, "g", 0, "bc")
+    out = tmp_path / "adapter"
+    info = train_adapter(db, "g", 0, "bc", out, TrainConfig(epochs=1, batch_size=4, max_length=256), progress=False)
+    record = read_train_record(out)
+    assert record["device"].startswith("cuda") and record["dtype"] == "bfloat16"
+    assert record["gradient_checkpointing"] is True and info.n_optimizer_steps == 1
+
+
+def test_hf_engine_on_cuda_matches_plain_generate() -> None:
+    from eef_tasks.rollout import HFEngine, SamplingConfig
+
+    engine = HFEngine(None, device="cuda", dtype=torch.float32)
+    chats = [[{"role": "user", "content": f"Count to {n}."}] for n in (3, 5, 8)]
+    sessions = [engine.session(str(i)) for i in range(len(chats))]
+    gens = engine.generate(list(zip(sessions, chats)), SamplingConfig(temperature=0.0, max_new_tokens=12))
+    for chat, gen in zip(chats, gens):
+        assert gen.token_ids == engine.plain_generate(chat, 12)
