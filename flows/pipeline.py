@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import re
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -156,8 +157,16 @@ def publish_iteration(db: str, run_id: str, iteration: int, summaries: dict[str,
     from eef_tasks import report
 
     df = report.comparison(db, [run_id])
+    markdown = report.comparison_markdown(df)
+    try:  # the win-rate plot so far (none yet when the run's only iteration reused another's BC)
+        with tempfile.TemporaryDirectory() as tmp:
+            png = report.win_rate_plot(df, Path(tmp) / "win-rate.png")
+            markdown = (f"![win rate per iteration](data:image/png;base64,"
+                        f"{base64.b64encode(png.read_bytes()).decode()})\n\n{markdown}")
+    except store.StoreError:
+        pass
     create_markdown_artifact(
-        report.comparison_markdown(df), key=_key(f"{run_id}-summary"),
+        markdown, key=_key(f"{run_id}-summary"),
         description=f"run {run_id}: win rate, examples and simulations per iteration",
     )
 

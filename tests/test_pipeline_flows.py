@@ -58,18 +58,35 @@ def _rows(db: Path) -> dict[str, list[tuple]]:
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
-    """One uninterrupted `eef run --preset tiny` (the experiment flow) in its own store."""
+    """One uninterrupted run of the `experiment` flow on the tiny preset (what `eef run --preset tiny`
+    starts), in its own store, under a temporary Prefect server; returns the artifacts it left."""
+    from prefect.client.orchestration import get_client
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import ExperimentParams, experiment_flow
+
     work = tmp_path_factory.mktemp("full")
     db = work / "eef.duckdb"
-    proc = subprocess.run(_eef_run_args(db, work), capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return work, db, proc.stdout
+    with prefect_test_harness(server_startup_timeout=120):
+        result = experiment_flow(ExperimentParams(
+            db=str(db), preset="tiny", name=NAME, out_dir=str(work / "reports"),
+            overrides={"adapters_dir": str(work / "adapters")},
+        ))
+        with get_client(sync_client=True) as client:
+            artifacts = {(a.key, a.type): a for a in client.read_artifacts()}
+    return work, db, result, artifacts
 
 
 def test_experiment_runs_every_phase_and_reports(full_run) -> None:
-    work, db, stdout = full_run
-    assert "EEF vs RFT" in stdout and "t-eef" in stdout and "t-rft" in stdout
+    work, db, result, artifacts = full_run
+    assert result["rows"] >= 4 and Path(result["plot"]).is_file()
+    keys = {key for key, _ in artifacts if key}
+    assert {"t-eef-it0", "t-eef-it1", "t-rft-it1", "t-eef-summary", "t-rft-summary",
+            "compare-t-eef-t-rft", "compare-t-eef-t-rft-plot"} <= keys
+    assert artifacts[("t-eef-it1", "table")].data  # one row per phase
+    assert "data:image/png;base64," in artifacts[("compare-t-eef-t-rft-plot", "markdown")].data
+    progress = [a for (key, kind), a in artifacts.items() if kind == "progress"]
+    assert progress and all(float(a.data) == 100.0 for a in progress)
     with store.reader(db) as con:
         purposes = dict(con.execute("SELECT purpose, count(*) FROM trajectories GROUP BY ALL").fetchall())
         assert {"expert", "explore", "simulate", "eval"} <= set(purposes)
@@ -121,7 +138,7 @@ def _phase_children(db: Path) -> list[int]:
 
 
 def test_killed_run_resumes_to_the_same_rows(full_run, tmp_path) -> None:
-    _, full_db, _ = full_run
+    _, full_db, _, _ = full_run
     db = tmp_path / "eef.duckdb"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(_eef_run_args(db, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -148,6 +165,7 @@ def test_killed_run_resumes_to_the_same_rows(full_run, tmp_path) -> None:
 
     rerun = subprocess.run(_eef_run_args(db, tmp_path), capture_output=True, text=True, timeout=900, env=env)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "EEF vs RFT" in rerun.stdout and "t-eef" in rerun.stdout and "t-rft" in rerun.stdout
     after, full = _rows(db), _rows(full_db)
     for table in ("trajectories", "steps", "examples", "phases"):
         assert len(after[table]) == len(set(after[table])), f"duplicated {table} rows"
