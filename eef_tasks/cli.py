@@ -479,18 +479,8 @@ def run_cmd(
     params = ExperimentParams(db=str(db), preset=preset.value, name=name, expert=expert,
                               rft_samples=rft_samples, overrides=_overrides(settings), out_dir=str(out_dir))
     result = experiment_flow(params)
-    frame = report.comparison(db, [f"{name}-eef", f"{name}-rft"])
-    headers, rows = report.display_rows(frame)
-    from rich.table import Table
-
-    table = Table(title=f"EEF vs RFT ({preset.value} preset; win rates in %)")
-    for header in headers:
-        table.add_column(header, justify="left" if header in ("run", "method", "eval split") else "right")
-    for row in rows:
-        table.add_row(*map(escape, row))
-    Console(highlight=False, width=max(Console(width=10_000).measure(table).maximum, 100)).print(table)
-    for line in report.best_iteration_lines(frame):
-        out.print(escape(line))
+    _print_comparison(report.comparison(db, [f"{name}-eef", f"{name}-rft"]),
+                      f"EEF vs RFT ({preset.value} preset; win rates in %)")
     out.print(f"table: {escape(str(result['table']))}  plot: {escape(str(result['plot']))}")
     out.print(f"Try: eef sql --db {escape(str(db))} \"SELECT * FROM run_comparison\"")
 
@@ -530,6 +520,25 @@ def evaluate(
         raise typer.Exit(1)
 
 
+def _print_comparison(frame, title: str) -> None:
+    """The run_comparison rows as a table, then each run's best dev iteration."""
+    from rich.table import Table
+
+    from eef_tasks import report
+
+    headers, rows = report.display_rows(frame)
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("run", "method", "eval split") else "right")
+    for row in rows:
+        table.add_row(*map(escape, row))
+    # as wide as the table needs (never cut a cell), at least the terminal's width
+    natural = Console(width=10_000).measure(table).maximum
+    Console(highlight=False, width=max(natural, shutil.get_terminal_size((160, 24)).columns)).print(table)
+    for line in report.best_iteration_lines(frame):
+        out.print(escape(line))
+
+
 class CompareFormat(str, Enum):
     table = "table"
     csv = "csv"
@@ -545,8 +554,6 @@ def compare(
     fmt: Annotated[CompareFormat, typer.Option("--format")] = CompareFormat.table,
 ) -> None:
     """Compare runs (methods x iterations): training sets, rollouts spent, eval win rate and reward."""
-    from rich.table import Table
-
     from eef_tasks import report
 
     if plot is not None:
@@ -559,17 +566,7 @@ def compare(
     elif fmt is CompareFormat.json:
         sys.stdout.write(json.dumps(frame.to_dicts(), default=str, indent=1) + "\n")
     else:
-        headers, rows = report.display_rows(frame)
-        table = Table(title="Runs by iteration (win rates in %; eval split: dev, else test)")
-        for header in headers:
-            table.add_column(header, justify="left" if header in ("run", "method", "eval split") else "right")
-        for row in rows:
-            table.add_row(*map(escape, row))
-        # as wide as the table needs (never cut a cell), at least the terminal's width
-        natural = Console(width=10_000).measure(table).maximum
-        Console(highlight=False, width=max(natural, shutil.get_terminal_size((160, 24)).columns)).print(table)
-        for line in report.best_iteration_lines(frame):
-            out.print(escape(line))
+        _print_comparison(frame, "Runs by iteration (win rates in %; eval split: dev, else test)")
     if plot is not None:
         err.print(f"wrote {report.win_rate_plot(frame, plot)}")
 
