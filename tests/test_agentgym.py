@@ -439,19 +439,8 @@ def test_server_endpoints_and_env_cap():
 
 # --- the real server, in a subprocess (Java) ---------------------------------------------------
 
-try:  # the game needs the scienceworld package and a Java runtime
-    import scienceworld  # noqa: F401
+from game import HAVE_JAVA, needs_java  # noqa: E402
 
-    from eef_tasks.envs.scienceworld import find_java
-
-    find_java()
-    HAVE_JAVA = True
-except (ImportError, EnvError):
-    HAVE_JAVA = False
-
-needs_java = pytest.mark.skipif(
-    not HAVE_JAVA, reason="ScienceWorld needs Java and `pip install scienceworld==1.2.3`"
-)
 
 
 def free_port() -> int:

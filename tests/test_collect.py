@@ -16,13 +16,7 @@ TASKS = [
     "scienceworld/find-plant/3",
 ]
 
-try:  # the game needs the scienceworld package and a Java runtime
-    import scienceworld  # noqa: F401
-
-    sw.find_java()
-    HAVE_JAVA = True
-except (ImportError, sw.JavaNotFound):
-    HAVE_JAVA = False
+from game import HAVE_JAVA  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,7 @@ import pytest
 from eef_tasks import store
 from eef_tasks.evaluation import eval_tasks
 
-try:
-    from eef_tasks.envs import scienceworld as sw
-
-    sw.find_java()
-    HAVE_JAVA = True
-except Exception:  # noqa: BLE001
-    HAVE_JAVA = False
+from game import needs_java  # noqa: E402
 
 EEF = Path(sys.executable).with_name("eef")
 
@@ -34,7 +28,7 @@ def test_eval_tasks_leave_out_tasks_that_are_also_train() -> None:
     assert eval_tasks("dev", ["find-animal"], limit=2) == chosen[:2]
 
 
-@pytest.mark.skipif(not HAVE_JAVA, reason="ScienceWorld needs Java and scienceworld==1.2.3")
+@needs_java
 @pytest.mark.timeout(300)
 def test_evaluate_command_stores_eval_trajectories(tmp_path) -> None:
     db = tmp_path / "eef.duckdb"

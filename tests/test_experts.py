@@ -22,13 +22,7 @@ GOLD = [  # find-living-thing/0 under 'easy', as the game generated it once
     "go to kitchen", "move egg butterfly egg in inventory to red box",
 ]
 
-try:  # the game needs the scienceworld package and a Java runtime
-    import scienceworld  # noqa: F401
-
-    sw.find_java()
-    HAVE_JAVA = True
-except (ImportError, sw.JavaNotFound):
-    HAVE_JAVA = False
+from game import HAVE_JAVA  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,6 @@ import pytest
 
 from eef_tasks import store
 from eef_tasks.collect import collect_experts
-from eef_tasks.envs import scienceworld as sw
 from eef_tasks.envs.pool import EnvPool
 from eef_tasks.experts.llm import (
     ChatClient,
@@ -306,13 +305,7 @@ def offline_injector() -> Iterator[FaultInjector]:
     fi.close()
 
 
-try:  # the game needs the scienceworld package and a Java runtime
-    import scienceworld  # noqa: F401
-
-    sw.find_java()
-    HAVE_JAVA = True
-except (ImportError, sw.JavaNotFound):
-    HAVE_JAVA = False
+from game import HAVE_JAVA  # noqa: E402
 
 
 @pytest.fixture(scope="module")

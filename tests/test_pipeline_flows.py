@@ -21,16 +21,10 @@ import pytest
 
 from eef_tasks import pipeline, store
 
-try:
-    from eef_tasks.envs import scienceworld as sw
-
-    sw.find_java()
-    HAVE_JAVA = True
-except Exception:  # noqa: BLE001 - any reason the game cannot start
-    HAVE_JAVA = False
+from game import needs_java  # noqa: E402
 
 pytestmark = [
-    pytest.mark.skipif(not HAVE_JAVA, reason="ScienceWorld needs Java and scienceworld==1.2.3"),
+    needs_java,
     pytest.mark.timeout(900),
 ]
 

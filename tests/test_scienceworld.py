@@ -20,17 +20,8 @@ from eef_tasks.envs.pool import EnvPool, Episode, EpisodeView
 FIND = "scienceworld/find-living-thing/0"
 LIFESPAN = "scienceworld/lifespan-longest-lived/0"
 
-try:  # the game needs the scienceworld package and a Java runtime
-    import scienceworld  # noqa: F401
+from game import HAVE_JAVA, needs_java  # noqa: E402
 
-    sw.find_java()
-    HAVE_JAVA = True
-except (ImportError, sw.JavaNotFound):
-    HAVE_JAVA = False
-
-needs_java = pytest.mark.skipif(
-    not HAVE_JAVA, reason="ScienceWorld needs Java and `pip install scienceworld==1.2.3`"
-)
 
 
 @pytest.fixture(scope="module")

@@ -45,17 +45,8 @@ BASE = "smollm2-135m-instruct"  # the base model's served name
 FIND = "scienceworld/find-living-thing/0"
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=8)
 
-try:
-    import scienceworld  # noqa: F401
+from game import needs_java  # noqa: E402
 
-    from eef_tasks.envs import scienceworld as sw
-
-    sw.find_java()
-    HAVE_JAVA = True
-except Exception:  # noqa: BLE001 - ImportError, JavaNotFound
-    HAVE_JAVA = False
-
-needs_java = pytest.mark.skipif(not HAVE_JAVA, reason="ScienceWorld needs Java and scienceworld==1.2.3")
 
 
 def _free_port() -> int:
