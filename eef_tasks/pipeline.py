@@ -216,16 +216,15 @@ def _resolve_train_tasks(con: Any, config: RunConfig) -> list[str]:
 def _resolve_eval_tasks(config: RunConfig) -> list[str]:
     """Evaluation tasks, never training tasks: ETO's ScienceWorld dev split shares 54 task/variation
     pairs with its train split; those count as train (a task has one split) and are left out."""
-    from eef_tasks.envs.scienceworld import catalog, find_task
+    from eef_tasks.envs.scienceworld import find_task
+    from eef_tasks.evaluation import eval_tasks
 
-    if config.eval_tasks:
-        ids = list(dict.fromkeys(config.eval_tasks))
-        leaked = [t for t in ids if find_task(t).split == "train"]
-        if leaked:
-            raise PipelineError(f"evaluation tasks must not be training tasks: {', '.join(leaked[:5])}")
-    else:
-        ids = [s.task_id for s in catalog(config.eval_split, tasks=config.task_names or None)
-               if find_task(s.task_id).split == config.eval_split]
+    if not config.eval_tasks:
+        return eval_tasks(config.eval_split, config.task_names or None, config.eval_limit)
+    ids = list(dict.fromkeys(config.eval_tasks))
+    leaked = [t for t in ids if find_task(t).split == "train"]
+    if leaked:
+        raise PipelineError(f"evaluation tasks must not be training tasks: {', '.join(leaked[:5])}")
     return ids[: config.eval_limit] if config.eval_limit else ids
 
 
@@ -384,23 +383,15 @@ def _rollouts(db, config: RunConfig, iteration: int, purpose: str, episodes, ada
         temperature=temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=config.seed,
     )
     total = len(episodes)
-    engine = None
-    stored_ids = _stored(db, config.run_id, iteration, purpose)
-    todo = [e for e in episodes if rollout.traj_id_for_rollout(config.run_id, iteration, purpose, e) not in stored_ids]
-    if todo:
-        engine = _engine(config, adapter)
     on_progress = None
     if progress is not None:
         def on_progress(s):  # noqa: E306 - closure over progress
             progress(s.already_stored + s.ran + len(s.errors), total)
-        progress(total - len(todo), total)
     summary = rollout.run_rollouts(
-        db, config.run_id, iteration, episodes, purpose=purpose, engine=engine,
+        db, config.run_id, iteration, episodes, purpose=purpose, engine_factory=lambda: _engine(config, adapter),
         model_id=f"{config.run_id}/{adapter.name}", sampling=sampling, n_workers=config.workers,
         max_steps=config.max_steps, on_progress=on_progress,
-    ) if todo else None
-    if summary is None:
-        return {"requested": total, "already_stored": total, "written": 0, "successes": 0, "errors": 0, "adapter": str(adapter)}
+    )
     failed = len(summary.errors)
     if failed > config.max_failed_fraction * max(total, 1):
         raise PipelineError(
@@ -411,16 +402,8 @@ def _rollouts(db, config: RunConfig, iteration: int, purpose: str, episodes, ada
         "requested": summary.requested, "already_stored": summary.already_stored, "written": summary.written,
         "successes": summary.successes, "errors": failed, "failed": [f"{k}: {w}" for k, w in summary.errors[:20]],
         "completion_tokens": summary.completion_tokens, "prefill_tokens": summary.prefill_tokens,
-        "generate_s": round(getattr(summary, "generate_s", 0.0), 2), "adapter": str(adapter),
+        "generate_s": round(summary.generate_s, 2), "adapter": str(adapter),
     }
-
-
-def _stored(db, run_id: str, iteration: int, purpose: str) -> set[str]:
-    with store.reader(db) as con:
-        return {r[0] for r in con.execute(
-            "SELECT traj_id FROM trajectories WHERE run_id = $r AND iteration = $i AND purpose = $p",
-            {"r": run_id, "i": iteration, "p": purpose},
-        ).fetchall()}
 
 
 def _engine(config: RunConfig, adapter: Path):

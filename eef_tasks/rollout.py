@@ -555,6 +555,7 @@ def run_rollouts(
     retries: int = 2,
     timeout_s: float = 600.0,
     on_progress: Any = None,
+    engine_factory: Any = None,
 ) -> RolloutSummary:
     """Run the policy on `episodes` and store every finished trajectory.
 
@@ -562,7 +563,9 @@ def run_rollouts(
     branch_step > 0: the expert trajectory's first k actions are replayed, with the observations
     the environment returns now). Concurrency: one environment slot per `EnvPool` in `pools`, or
     `n_workers` single-worker pools created here; all slots' model calls are batched together.
-    `on_progress(summary)` is called after each finished episode (progress bars, Prefect).
+    `on_progress(summary)` is called once the stored episodes are counted and after each finished
+    episode (progress bars, Prefect). Without `engine`, `engine_factory()` (default: an `HFEngine` of
+    `model_path` + `adapter_dir`) makes one, only when some episode is left to run.
     `max_steps` caps the task's own step limit (model calls, invalid ones included, count against
     it, as for the LLM expert). Resumable: traj_ids already stored for `run_id` are skipped.
     """
@@ -589,13 +592,15 @@ def run_rollouts(
             summary.already_stored += 1
         else:
             todo.append((traj_id, ep))
+    if on_progress is not None:
+        on_progress(summary)
     if not todo:
         summary.elapsed_s = time.monotonic() - started
         return summary
 
     prefixes = _load_prefixes(db, {ep.branch_traj_id for _, ep in todo if ep.branch_traj_id})
     tasks = _task_info(db, {ep.task_id for _, ep in todo})
-    engine = engine or HFEngine(model_path, adapter_dir)
+    engine = engine or (engine_factory() if engine_factory else HFEngine(model_path, adapter_dir))
     model_id = model_id or (Path(engine.adapter_dir).name if engine.adapter_dir else Path(engine.model_path).name)
 
     states: dict[str, _State] = {}

@@ -206,8 +206,7 @@ def iteration_flow(params: IterationParams = IterationParams()) -> dict | None:
 def _run_all(db: str, config: RunConfig) -> list[dict]:
     config = pipeline.register_run(db, config)
     done = []
-    while pipeline.next_iteration(db, config.run_id) is not None:
-        before = pipeline.next_iteration(db, config.run_id)
+    while (before := pipeline.next_iteration(db, config.run_id)) is not None:
         done.append(iteration_flow(IterationParams(db=db, run_id=config.run_id)))
         if pipeline.next_iteration(db, config.run_id) == before:  # pragma: no cover - a phase did not record itself
             raise pipeline.PipelineError(f"iteration {before} of {config.run_id} did not finish")
