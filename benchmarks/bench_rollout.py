@@ -21,10 +21,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from eef_tasks.chat import build_chat, observation_text
-from eef_tasks.experts.llm import parse_action
+from eef_tasks.chat import build_chat, observation_text, parse_action
+from eef_tasks.engines import SamplingConfig
+from eef_tasks.engines.hf import HFEngine
 from eef_tasks.models import default_model_path
-from eef_tasks.rollout import HFEngine, SamplingConfig
 
 ROOM = ("This room is called the kitchen. In it, you see: a counter, a sink, a fridge, a stove, "
         "a cupboard, a glass jar, a thermometer, an oven and a door to the hallway.")

@@ -9,10 +9,14 @@ Layout: system prompt; user turn with the instruction; then per action a_k an as
 observation after the last action is left out: no action follows it, so it is never context for
 anything supervised. Assistant turns with step >= loss_from_step are supervised; everything else
 is context.
+
+`parse_action` is its inverse on the model's side: it reads (thought, action) back out of a reply,
+so the policy, the LLM expert and training agree on one format. A reply is parsed, never executed.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -42,6 +46,11 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are an agent acting in a text environment to accomplish the user's task. After each of "
     "your actions you receive an observation.\n"
     "Reply in this format:\nThought: <your reasoning>\nAction: <one action>"
+)
+# the user turn after a reply that holds no action (the reply itself is shown before it)
+INVALID_REPLY_MESSAGE = (
+    "Observation: Invalid format. Reply with one line 'Thought: <your reasoning>' and one line "
+    "'Action: <one action>'."
 )
 
 
@@ -93,6 +102,87 @@ def build_chat(
         if k < len(steps) - 1 or include_last_observation:
             turns.append(Turn("user", observation_text(step["observation"]), step=k))
     return turns
+
+
+# --- parsing replies ------------------------------------------------------------------------------
+
+_ACTION_LINE = re.compile(
+    r"^[ \t>*_#-]*action(?:[ \t]*\d+)?[ \t]*[*_]*[ \t]*[:：][ \t]*[*_]*[ \t]*(?P<rest>.*)$",
+    re.IGNORECASE | re.MULTILINE,
+)
+_THOUGHT_PREFIX = re.compile(r"^[ \t>*_#-]*thought(?:[ \t]*\d+)?[ \t]*[*_]*[ \t]*[:：][ \t]*[*_]*",
+                             re.IGNORECASE | re.MULTILINE)
+_OBSERVATION_LINE = re.compile(r"^[ \t>*_#-]*observation(?:[ \t]*\d+)?[ \t]*[*_]*[ \t]*[:：]",
+                               re.IGNORECASE | re.MULTILINE)
+_FENCE = re.compile(r"^```[\w-]*[ \t]*$", re.MULTILINE)
+MAX_ACTION_CHARS = 200
+
+
+def parse_action(text: str | None) -> tuple[str | None, str | None]:
+    """(thought, action) from a model reply; action is None when the reply holds no usable one.
+
+    Tolerant of the usual variations: any case, markdown emphasis or bullets around the labels
+    ('**Action:** look around'), numbered labels ('Action 2:'), code fences and backticks, quotes,
+    a full-width colon, the action on the line after its label, a trailing period, and a
+    continuation the model invented ('Observation: …', a second Thought/Action): only the first
+    action counts. A reply without an 'Action:' label is accepted only when it is one short line
+    that looks like a command (e.g. 'look around'). The action is never evaluated, only returned.
+    """
+    if not text or not text.strip():
+        return None, None
+    body = _FENCE.sub("", text.replace("\r\n", "\n")).strip()
+    match = _ACTION_LINE.search(body)
+    if match is None:
+        return _bare_action(body)
+    before = body[: match.start()]
+    thought = _clean_thought(before)
+    rest = match["rest"]
+    if not _strip_action(rest):  # the action on the next non-empty line
+        following = body[match.end():].lstrip("\n").split("\n", 1)[0]
+        if _OBSERVATION_LINE.match(following) or _THOUGHT_PREFIX.match(following):
+            following = ""
+        rest = following
+    action = _strip_action(rest)
+    return thought, action or None
+
+
+def _clean_thought(text: str) -> str | None:
+    obs = _OBSERVATION_LINE.search(text)
+    if obs is not None:
+        text = text[: obs.start()]
+    text = _THOUGHT_PREFIX.sub("", text, count=1).strip().strip("*_").strip()
+    return text or None
+
+
+def _strip_action(text: str) -> str:
+    action = text.strip().split("\n", 1)[0].strip()
+    for _ in range(4):  # peel markdown, quotes and a closing period, in whatever order they come
+        stripped = action.strip().strip("*_`").strip()
+        if stripped.endswith(".") and not stripped.endswith(".."):
+            stripped = stripped[:-1].rstrip()
+        if len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "\"'":
+            stripped = stripped[1:-1].strip()
+        if stripped == action:
+            break
+        action = stripped
+    if len(action) > MAX_ACTION_CHARS:
+        return ""
+    return action
+
+
+_BARE_ACTION = re.compile(r"^[a-z][a-z0-9 '\-]*(\[[^\]\n]*\])?$", re.IGNORECASE)
+
+
+def _bare_action(body: str) -> tuple[None, str | None]:
+    """A reply that is nothing but a short command, e.g. 'look around' or 'click[Buy Now]': one
+    line of at most 6 words, letters/digits/hyphens/apostrophes only (no sentence punctuation)."""
+    candidate = body.strip().strip("*_`").strip()
+    if "\n" in candidate or _THOUGHT_PREFIX.match(candidate):
+        return None, None
+    if len(candidate) <= 60 and len(candidate.split()) <= 6 and _BARE_ACTION.match(candidate):
+        return None, candidate
+    return None, None
+
 
 
 def load_chat(con: duckdb.DuckDBPyConnection, traj_id: str, loss_from_step: int) -> list[Turn]:

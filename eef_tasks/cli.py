@@ -384,6 +384,7 @@ def rollout(
 ) -> None:
     """Run the policy in the environment and store every trajectory (resumable)."""
     from eef_tasks import rollout as rollouts
+    from eef_tasks.engines import SamplingConfig
     from eef_tasks.pipeline import set_torch_threads
 
     set_torch_threads("rollout")
@@ -398,7 +399,7 @@ def rollout(
         episodes = rollouts.explore_episodes(task_ids[:limit] if limit else task_ids, samples)
     engine = None
     if engine_kind is RolloutEngine.vllm:
-        from eef_tasks.vllm_engine import VLLMEngine
+        from eef_tasks.engines.vllm import VLLMEngine
 
         if base_model:
             raise UserError("--base-model is for --engine hf; with --engine vllm name the server's model "
@@ -408,7 +409,7 @@ def rollout(
         summary = rollouts.run_rollouts(
             db, run, iteration, episodes, purpose=purpose.value, model_path=base_model,
             adapter_dir=adapter, n_workers=workers, engine=engine,
-            sampling=rollouts.SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed),
+            sampling=SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed),
         )
     finally:
         if engine is not None:

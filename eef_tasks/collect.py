@@ -1,11 +1,12 @@
-"""Collect offline expert trajectories (gold or synthetic) into the DuckDB store, resumably.
+"""Collect expert trajectories into the DuckDB store, resumably: the one collection driver.
 
     from eef_tasks.collect import collect_experts
     summary = collect_experts("data/eef.duckdb", expert="gold", split="train", n_workers=2)
 
-An LLM expert (any OpenAI-compatible endpoint, `eef_tasks.experts.llm`) is collected the same way
-with `expert="llm", llm=LLMExpertConfig(name="gpt-4o", model="gpt-4o", ...)`; its trajectories
-are '<name>/<task_id>/<seed>' and carry token counts and cost in `meta`.
+Offline experts (gold or synthetic, `eef_tasks.experts`) run as pool jobs. An LLM expert (any
+OpenAI-compatible endpoint, `eef_tasks.experts.llm`) is collected the same way with
+`expert="llm", llm=LLMExpertConfig(name="gpt-4o", model="gpt-4o", ...)`: it is the pool's policy,
+its trajectories are '<name>/<task_id>/<seed>' and carry token counts and cost in `meta`.
 
 - Trajectory ids are deterministic ('gold/<task_id>', 'synthetic/<task_id>/<seed>'), and ids
   already in the store are skipped before anything runs, so a rerun or an interrupted run picks up
@@ -42,6 +43,14 @@ from eef_tasks.experts import (
     traj_id_for,
 )
 from eef_tasks.experts.gold import GoldPath, generate_gold, load_gold, save_gold
+from eef_tasks.experts.llm import (
+    LLM_EXPERT,
+    ChatClient,
+    LLMExpert,
+    LLMExpertConfig,
+    LLMExpertError,
+    cost_usd,
+)
 from eef_tasks.experts.synthetic import DEFAULT_SUCCESS_RATE
 from eef_tasks.records import TaskRecord, TrajectoryRecord, write_trajectories
 from eef_tasks.store import StoreError, reader, writer
@@ -49,7 +58,6 @@ from eef_tasks.store import StoreError, reader, writer
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 50
-LLM_EXPERT = "llm"  # eef_tasks.experts.llm.LLM_EXPERT (not imported: httpx loads only when used)
 
 
 @dataclass
@@ -233,8 +241,6 @@ def collect_experts(
     if expert == LLM_EXPERT:
         if llm is None:
             raise EnvError("expert='llm' needs llm=LLMExpertConfig(...) (model, base_url, name, ...)")
-        from eef_tasks.experts.llm import collect_llm
-
         return collect_llm(
             db_path, llm, env, task_ids=task_ids, split=split, tasks=tasks, catalog=catalog,
             limit=limit, n_workers=n_workers, seed=seed, batch_size=batch_size,
@@ -335,6 +341,118 @@ def collect_experts(
     return summary
 
 
+def collect_llm(
+    db_path: str | Path,
+    config: LLMExpertConfig | dict[str, Any],
+    env: str = "scienceworld",
+    *,
+    task_ids: Iterable[str] | None = None,
+    split: Split | Sequence[Split] | None = None,
+    tasks: Iterable[str] | str | None = None,
+    catalog: str = "eto",
+    limit: int | None = None,
+    n_workers: int = 1,
+    seed: int | Sequence[int] = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    simplifications: str | None = None,
+    retries: int = 2,
+    timeout_s: float = 600.0,
+    progress: bool = True,
+    pool: EnvPool | None = None,
+    client: ChatClient | None = None,
+) -> CollectSummary:
+    """Run the LLM expert on tasks and store every trajectory (`collect_experts(expert='llm')`
+    calls this; `client`: a `ChatClient` to use). Resumable like the offline experts: traj_ids
+    already stored are skipped before any request is made. Returns a `CollectSummary` with token
+    and cost totals."""
+    from eef_tasks.envs.scienceworld import DEFAULT_SIMPLIFICATIONS, SCIENCEWORLD_VERSION
+
+    config = config if isinstance(config, LLMExpertConfig) else LLMExpertConfig.model_validate(config)
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    simplifications = simplifications if simplifications is not None else DEFAULT_SIMPLIFICATIONS
+    started = time.monotonic()
+    name = config.name
+    assert name is not None
+    summary = CollectSummary(db_path=str(db_path), env=env, expert=name)
+    specs = select_tasks(env, task_ids=task_ids, split=split, tasks=tasks, catalog=catalog, limit=limit)
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    todo = pending_episodes(db_path, name, specs, seeds, summary)
+    if not todo:
+        summary.elapsed_s = time.monotonic() - started
+        return summary
+
+    expert = LLMExpert(config, client=client)
+    env_meta = {"simplifications": simplifications,
+                "env_version": f"scienceworld=={SCIENCEWORLD_VERSION}" if env == "scienceworld" else None}
+    buffer: list[tuple[TrajectoryRecord, TaskSpec, str]] = []
+
+    def flush() -> None:
+        if not buffer:
+            return
+        write_batch(
+            db_path,
+            [r for r, _, _ in buffer],
+            [task_record(spec, instruction) for _, spec, instruction in buffer],
+            summary,
+        )
+        buffer.clear()
+
+    def cost() -> float:
+        return cost_usd(summary.prompt_tokens, summary.completion_tokens, config.price_in, config.price_out)
+
+    own_pool = pool is None
+    if pool is None:
+        pool = EnvPool(min(n_workers, len(todo)), env, retries=retries, timeout_s=timeout_s,
+                       simplifications=simplifications)
+    elif pool.env_kwargs.get("simplifications", DEFAULT_SIMPLIFICATIONS) != simplifications:
+        raise EnvError("the given pool's simplifications differ from the requested ones")
+    episodes = [expert.begin(traj_id_for(name, spec.task_id, s), spec, s) for spec, s in todo]
+    by_key = {ep.key: spec for ep, (spec, _) in zip(episodes, todo, strict=True)}
+    bar = _progress(progress, len(todo), f"{name} expert")
+    results = pool.imap(episodes)
+    try:
+        for _, result in results:
+            spec = by_key[result.key]
+            episode = expert.episodes.get(result.key)
+            if episode is not None:  # what it cost, the attempts lost to restarts included
+                summary.prompt_tokens += episode.prompt_tokens + episode.discarded["prompt_tokens"]
+                summary.completion_tokens += episode.completion_tokens + episode.discarded["completion_tokens"]
+            if expert.fatal is not None:
+                break
+            if result.error is not None:
+                why = expert.client.scrub(result.error)
+                summary.errors.append((str(result.key), why))
+                logger.warning("%s on %s failed: %s", name, spec.task_id, why)
+                expert.episodes.pop(result.key, None)
+            else:
+                record = expert.record(result, spec, env_meta=env_meta)
+                summary.ran += 1
+                summary.successes += record.success
+                summary.failures += not record.success
+                buffer.append((record, spec, result.instruction))
+                if len(buffer) >= batch_size:
+                    flush()
+            bar.advance(f"ok {summary.successes} · failed {summary.failures} · ${cost():.4f}")
+    finally:
+        results.close()
+        try:
+            flush()  # finished trajectories are complete: keep them even when interrupted
+        finally:
+            bar.close()
+            expert.close()
+            if own_pool:
+                pool.close()
+            summary.cost_usd = round(cost(), 8)
+            summary.elapsed_s = time.monotonic() - started
+    if expert.fatal is not None:
+        raise LLMExpertError(
+            f"{expert.fatal} — stopped after {summary.written} trajectories were stored; "
+            "rerun to resume"
+        ) from None
+    return summary
+
+
 class _progress:
     """A rich progress bar (or nothing), with a status text."""
 
@@ -371,7 +489,6 @@ class _progress:
 
 
 __all__ = [
-    "CollectSummary", "collect_experts", "expert_job", "gold_job", "pending_episodes", "select_tasks",
-    "write_batch",
-    "stored_traj_ids",
+    "CollectSummary", "collect_experts", "collect_llm", "expert_job", "gold_job", "pending_episodes",
+    "select_tasks", "stored_traj_ids", "write_batch",
 ]

@@ -54,7 +54,8 @@ def evaluate_adapter(
     seed: int = 0,
     engine=None,
 ) -> EvalResult:
-    from eef_tasks.rollout import SamplingConfig, explore_episodes, run_rollouts
+    from eef_tasks.engines import SamplingConfig
+    from eef_tasks.rollout import explore_episodes, run_rollouts
 
     tasks = list(task_ids) if task_ids else eval_tasks(split, task_names, limit)
     if not tasks:

@@ -378,8 +378,9 @@ def gpu_slot(path: str | Path | None = None, *, poll_s: float = 1.0):
 def _rollouts(db, config: RunConfig, iteration: int, purpose: str, episodes, adapter: Path,
               temperature: float, progress: Progress | None) -> dict:
     from eef_tasks import rollout
+    from eef_tasks.engines import SamplingConfig
 
-    sampling = rollout.SamplingConfig(
+    sampling = SamplingConfig(
         temperature=temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=config.seed,
     )
     total = len(episodes)
@@ -409,14 +410,14 @@ def _rollouts(db, config: RunConfig, iteration: int, purpose: str, episodes, ada
 def _engine(config: RunConfig, adapter: Path):
     if config.engine == "vllm":
         try:
-            from eef_tasks.vllm_engine import VLLMEngine
+            from eef_tasks.engines.vllm import VLLMEngine
         except ImportError as exc:  # pragma: no cover - until the vllm engine ships
             raise PipelineError(f"the vllm engine is not available: {exc}") from None
         url = config.vllm_url or os.environ.get("EEF_VLLM_URL")
         if not url:
             raise PipelineError("engine 'vllm' needs vllm_url (or $EEF_VLLM_URL)")
         return VLLMEngine(url, config.served_model or config.base_model, adapter_dir=adapter)
-    from eef_tasks.rollout import HFEngine
+    from eef_tasks.engines.hf import HFEngine
 
     return HFEngine(config.base_model, adapter, max_batch_size=max(8, config.workers))
 

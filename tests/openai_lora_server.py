@@ -1,7 +1,7 @@
 """A test stand-in for vLLM's OpenAI-compatible server. It is NOT vLLM.
 
 vLLM cannot be installed on the test machines (it needs a GPU and pins its own torch), so the tests
-of `eef_tasks.vllm_engine` run against this small FastAPI server instead. It implements the subset
+of `eef_tasks.engines.vllm` run against this small FastAPI server instead. It implements the subset
 of vLLM's API that the engine uses, with vLLM's shapes and status codes, on a real transformers
 model with real peft LoRA adapters:
 

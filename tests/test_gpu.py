@@ -38,7 +38,8 @@ def test_training_on_cuda_uses_bf16_and_checkpointing(tmp_path) -> None:
 
 
 def test_hf_engine_on_cuda_matches_plain_generate() -> None:
-    from eef_tasks.rollout import HFEngine, SamplingConfig
+    from eef_tasks.engines import SamplingConfig
+    from eef_tasks.engines.hf import HFEngine
 
     engine = HFEngine(None, device="cuda", dtype=torch.float32)
     chats = [[{"role": "user", "content": f"Count to {n}."}] for n in (3, 5, 8)]

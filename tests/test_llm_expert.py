@@ -29,16 +29,9 @@ import pytest
 from eef_tasks import store
 from eef_tasks.collect import collect_experts
 from eef_tasks.envs.pool import EnvPool
-from eef_tasks.experts.llm import (
-    ChatClient,
-    LLMExpertConfig,
-    LLMExpertError,
-    _retry_after,
-    cost_usd,
-    parse_action,
-    redact_url,
-    resolve_api_key,
-)
+from eef_tasks.chat import parse_action
+from eef_tasks.experts.llm import ChatClient, LLMExpertConfig, LLMExpertError, cost_usd, resolve_api_key
+from eef_tasks.openai_http import redact_url, retry_after
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -98,16 +91,16 @@ def test_parse_action_rejects_junk(junk):
     assert parse_action(junk)[1] is None
 
 
-def test_redact_url_and_retry_after():
+def test_redact_url_andretry_after():
     assert redact_url("https://user:pw@api.example.com:8443/v1?api-key=s3cret&api-version=2024") == (
         "https://api.example.com:8443/v1?api-version=2024"
     )
     assert redact_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
-    assert _retry_after(httpx.Headers({"retry-after": "2"})) == 2.0
-    assert _retry_after(httpx.Headers({"retry-after-ms": "250", "retry-after": "9"})) == 0.25
+    assert retry_after(httpx.Headers({"retry-after": "2"})) == 2.0
+    assert retry_after(httpx.Headers({"retry-after-ms": "250", "retry-after": "9"})) == 0.25
     later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
-    assert 25 <= _retry_after(httpx.Headers({"retry-after": later})) <= 31
-    assert _retry_after(httpx.Headers({"retry-after": "soon"})) is None
+    assert 25 <= retry_after(httpx.Headers({"retry-after": later})) <= 31
+    assert retry_after(httpx.Headers({"retry-after": "soon"})) is None
     assert cost_usd(1_000_000, 500_000, 2.5, 10.0) == pytest.approx(7.5)
 
 
@@ -472,7 +465,7 @@ def test_too_many_bad_replies_in_a_row_end_the_episode(db_path, pool, offline_in
 # --- transient and permanent errors ---------------------------------------------------------------
 
 
-def test_rate_limits_and_server_errors_are_retried_honouring_retry_after(
+def test_rate_limits_and_server_errors_are_retried_honouringretry_after(
     injector, model_path, key, all_logs
 ):
     injector.script = [
@@ -488,7 +481,7 @@ def test_rate_limits_and_server_errors_are_retried_honouring_retry_after(
     assert len(injector.requests) == 4 and client.retries == 3 and reply.retries == 3
     assert elapsed >= 1.0  # Retry-After honoured
     assert reply.text and reply.prompt_tokens > 0 and reply.completion_tokens > 0
-    warnings = [r.getMessage() for r in all_logs.records if r.name == "eef_tasks.experts.llm"]
+    warnings = [r.getMessage() for r in all_logs.records if r.name == "eef_tasks.openai_http"]
     assert any("HTTP 429" in w and "retry 1/3 in 1.0 s" in w for w in warnings)
     assert FAKE_KEY not in all_logs.text
 

@@ -12,10 +12,10 @@ import pytest
 
 from eef_tasks import store
 from eef_tasks.chat import build_chat, observation_text
+from eef_tasks.engines import SamplingConfig
+from eef_tasks.engines.hf import HFEngine
 from eef_tasks.rollout import (
-    HFEngine,
     RolloutEpisode,
-    SamplingConfig,
     run_rollouts,
     simulation_episodes,
     traj_id_for_rollout,

@@ -1,4 +1,4 @@
-"""The vllm rollout engine (`eef_tasks.vllm_engine`) over HTTP.
+"""The vllm rollout engine (`eef_tasks.engines.vllm`) over HTTP.
 
 vLLM itself needs a GPU and its own torch, so the server here is `tests/openai_lora_server.py`: a
 stand-in that implements the part of vLLM's OpenAI-compatible API the engine uses (models, chat
@@ -28,14 +28,16 @@ import pytest
 from eef_tasks import store
 from eef_tasks.chat import observation_text
 from eef_tasks.envs.base import EnvError
-from eef_tasks.rollout import HFEngine, RolloutEpisode, SamplingConfig, run_rollouts
-from eef_tasks.vllm_engine import (
+from eef_tasks.engines import SamplingConfig
+from eef_tasks.engines.hf import HFEngine
+from eef_tasks.engines.vllm import (
     VLLMEngine,
     VLLMError,
     adapter_fingerprint,
     adapter_served_name,
     request_seed,
 )
+from eef_tasks.rollout import RolloutEpisode, run_rollouts
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""A rollout engine that samples from a vLLM server (its OpenAI-compatible API), LoRA adapters
+"""The vllm engine: samples from a vLLM server (its OpenAI-compatible API), LoRA adapters
 included.
 
 vLLM pins its own torch and web-stack versions, so it runs as a separate server (its own venv or
@@ -7,8 +7,8 @@ the compose service `vllm`, see docs/vllm.md) and eef talks to it over HTTP:
     engine = VLLMEngine("http://localhost:8000/v1", "smollm2-135m-instruct", "data/adapters/r1/eef-it1")
     run_rollouts(db, "r1", 1, episodes, purpose="explore", engine=engine)   # meta.engine = 'vllm'
 
-It has the interface `run_rollouts` uses (`session`, `generate`, `model_path`, `adapter_dir`) and
-`name = "vllm"`:
+It is an `eef_tasks.engines.Engine` (`session`, `generate`, `model_path`, `adapter_dir`) with
+`name = "vllm"`; its requests go through the one OpenAI-compatible client, `eef_tasks.openai_http`:
 
 - `generate(requests, sampling)` sends one `POST {base_url}/chat/completions` per (session,
   messages), all at once (a thread pool of `max_concurrency`; vLLM batches them itself), with
@@ -30,8 +30,8 @@ It has the interface `run_rollouts` uses (`session`, `generate`, `model_path`, `
   the same path in the worker and in the vLLM container). If the server forgot the adapter (it was
   restarted), a 404 for it makes the engine load it again and retry.
 - **Errors**: connection failures, timeouts, 408/429/5xx are retried with exponential backoff
-  (honouring Retry-After) `retries` times; then, and for any other refusal, `VLLMError` (an
-  `EnvError`, so the CLI prints one line) naming the URL and what to check.
+  (honouring Retry-After) `retries` times (`openai_http`); then, and for any other refusal,
+  `VLLMError` (an `EnvError`, so the CLI prints one line) naming the URL and what to check.
 - **API key**: `$VLLM_API_KEY` (or `api_key_env`, or `api_key=`) goes only into the
   `Authorization: Bearer` header; it is never logged, stored or part of an error message.
 """
@@ -41,7 +41,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import random
 import re
 import threading
 import time
@@ -54,9 +53,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from eef_tasks.engines import Generation, SamplingConfig, Session
 from eef_tasks.envs.base import EnvError
-from eef_tasks.experts.llm import RETRYABLE_STATUS, _retry_after, redact_url
-from eef_tasks.rollout import Generation, SamplingConfig, Session
+from eef_tasks.openai_http import RETRYABLE_STATUS, OpenAIHTTP, RetryPolicy, error_message, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -151,41 +150,39 @@ class VLLMEngine:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise VLLMError(f"not an http(s) URL: {redact_url(base_url)!r} (e.g. http://localhost:8000/v1)")
         path = parts.path.rstrip("/") or "/v1"  # vLLM serves its OpenAI routes under /v1
-        self.base_url = urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], path, "", ""))
-        self.safe_url = redact_url(self.base_url)
         self.adapter_dir = str(adapter_dir) if adapter_dir else None
         self.adapter_name = adapter_served_name(adapter_dir, adapter_name_prefix) if adapter_dir else None
         self.adapter_path_on_server = (
             (adapter_path_on_server or str(Path(adapter_dir).resolve())) if adapter_dir else None
         )
         key = api_key if api_key is not None else (os.environ.get(api_key_env) if api_key_env else None)
-        self._key = key or None
-        self._secrets = [s for s in (self._key, parts.password, parts.username) if s and len(s) >= 4]
-        # user:password in the URL (a proxy in front of the server) unless an API key takes the header
-        auth = httpx.BasicAuth(parts.username or "", parts.password or "") \
-            if parts.username and not self._key else None
-        self._http = httpx.Client(
-            timeout=timeout_s, auth=auth, transport=transport,
-            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
+        base = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+        # user:password in the URL (a proxy in front of the server) is Basic auth unless a key is given
+        self._client = OpenAIHTTP(
+            base, api_key=key or None, timeout_s=timeout_s,
+            policy=RetryPolicy(retries, backoff_s, max_backoff_s), error=VLLMError,
+            label=f"the vLLM server at {redact_url(base)}", hint=_SERVER_HINT, keep_query=False,
+            max_connections=max_concurrency, sleep=sleep, transport=transport,
         )
-        self.timeout_s = timeout_s
-        self.retries_allowed = retries
-        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.base_url = self._client.base_url
+        self.safe_url = self._client.safe_url
         self.max_concurrency = max_concurrency
-        self._sleep = sleep
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()  # server state (readiness, adapter loads) and the pool
-        self._count_lock = threading.Lock()
         self._ready = False
-        self.retries = 0  # transient failures retried so far
         if base_model:
             self.base_model = base_model
         else:
             try:
                 self.base_model = self._only_base_model()
             except BaseException:
-                self._http.close()
+                self._client.close()
                 raise
+
+    @property
+    def retries(self) -> int:
+        """Transient failures retried so far."""
+        return self._client.retries
 
     # -- the interface run_rollouts uses --
 
@@ -292,7 +289,7 @@ class VLLMEngine:
                                  retry_status=_LOAD_RETRY_STATUS)
         if response.status_code == 200:
             return
-        message = _error_message(response)
+        message = error_message(response)
         if response.status_code == 400 and message and "already" in message.lower():
             return  # the same content under the same name
         if response.status_code == 404 and message is None:
@@ -318,7 +315,7 @@ class VLLMEngine:
             self._ready = False
         if response.status_code == 200:
             return True
-        if response.status_code in (400, 404) and _error_message(response):
+        if response.status_code in (400, 404) and error_message(response):
             return False
         raise VLLMError(self._refused(response, "/unload_lora_adapter"))
 
@@ -365,57 +362,14 @@ class VLLMEngine:
     ) -> httpx.Response:
         """The server's answer; transport failures and `retry_status` answers are retried with
         backoff, and raise VLLMError when the retries are spent."""
-        url = self.base_url + path
-        attempts = self.retries_allowed + 1
-        for attempt in range(attempts):
-            retry_after = None
-            try:
-                response = self._http.request(method, url, json=body, headers=self._headers())
-            except httpx.TimeoutException:
-                why = f"no answer within {self.timeout_s:g} s"
-            except httpx.TransportError as exc:
-                why = f"cannot connect ({type(exc).__name__}: {self.scrub(str(exc))[:200]})"
-            else:
-                if response.status_code not in retry_status:
-                    return response
-                why = f"HTTP {response.status_code}{self._detail(response)}"
-                retry_after = _retry_after(response.headers)
-            if attempt + 1 >= attempts:
-                raise VLLMError(
-                    f"the vLLM server at {self.safe_url} kept failing ({what}): {why}; gave up after "
-                    f"{attempts} tries; {_SERVER_HINT}"
-                )
-            delay = self._delay(attempt, retry_after)
-            with self._count_lock:
-                self.retries += 1
-            logger.warning("vLLM %s at %s failed: %s; retry %d/%d in %.1f s",
-                           what, self.safe_url, why, attempt + 1, attempts - 1, delay)
-            self._sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_backoff_s)
-        return min(self.max_backoff_s, self.backoff_s * (2 ** attempt) * random.uniform(0.75, 1.0))
-
-    def _headers(self) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
-        return headers
+        return self._client.send(method, path, body, what=what, retry_status=retry_status)
 
     def scrub(self, text: str) -> str:
         """`text` with the API key and URL credentials replaced by '***'."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return self._client.scrub(text)
 
     def _detail(self, response: httpx.Response) -> str:
-        try:
-            text = " ".join(self.scrub(response.text).split())
-        except Exception:  # noqa: BLE001 - a body that cannot be read adds nothing
-            return ""
-        return f": {text[:300]}" if text else ""
+        return self._client.detail(response)
 
     def _refused(self, response: httpx.Response, path: str) -> str:
         status = response.status_code
@@ -438,7 +392,7 @@ class VLLMEngine:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-        self._http.close()
+        self._client.close()
 
     def __enter__(self) -> VLLMEngine:
         return self
@@ -448,25 +402,6 @@ class VLLMEngine:
 
     def __repr__(self) -> str:
         return f"VLLMEngine({self.safe_url!r}, model={self.served_model!r})"
-
-
-def _error_message(response: httpx.Response) -> str | None:
-    """The message of a vLLM/OpenAI error body ({"error": {"message"}} or {"message"}), or None
-    when the body is not one (e.g. FastAPI's {"detail": "Not Found"} for a missing route)."""
-    try:
-        data = response.json()
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    error = data.get("error")
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return error["message"]
-    if isinstance(error, str):
-        return error
-    if isinstance(data.get("message"), str):
-        return data["message"]
-    return None
 
 
 __all__ = [

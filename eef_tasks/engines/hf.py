@@ -1,0 +1,262 @@
+"""The hf engine: a transformers causal LM (optionally with a LoRA adapter) in this process,
+sampling many conversations at once with **per-conversation KV-cache reuse**.
+
+Each conversation (`Session`) keeps the token ids whose keys/values are cached and the cache itself
+(one `(key, value)` pair per layer, shape `[1, heads, length, dim]`). On every turn the *whole*
+conversation is rendered with the tokenizer's chat template (so the prompt is exactly what training
+sees); the longest common prefix with the cached ids is kept (the cache is cropped there) and only
+the rest — in practice the new observation and the assistant header, plus the previous reply's
+end-of-turn token — is fed to the model. A reply that was re-formatted before going into the chat
+(e.g. by `parse_action`) simply shares a shorter prefix: correctness never depends on the cache.
+
+Batching caches of different lengths: for one `generate` call the rows' caches are **left-padded**
+to the longest cached length, the rows' new tokens are **right-padded** after it, and padded slots
+are masked out (2-D attention mask with holes) while `position_ids` continue each row's own
+positions. No query ever sees only masked keys (so no NaNs from fully masked rows); the first
+sampled token of each row is read from the hidden state of its own last new token. The decode loop
+then feeds one token per row (finished rows feed a masked pad) until every row produced the
+end-of-turn token or `max_new_tokens`. Afterwards each row's cache is cut back out of the batch
+(only unmasked slots), so the next call may batch any other set of conversations. Sampling uses one
+`torch.Generator` per conversation, so a sample does not depend on its batch-mates (up to
+floating-point differences of batched matmuls).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from eef_tasks.engines import Generation, SamplingConfig, Session
+from eef_tasks.envs.base import EnvError
+from eef_tasks.models import resolve_model
+
+ENGINE_NAME = "hf"
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class HFEngine:
+    """A transformers causal LM (optionally with a LoRA adapter) sampling many chats at once."""
+
+    name = ENGINE_NAME
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        adapter_dir: str | Path | None = None,
+        *,
+        device: str | None = None,
+        dtype: Any = None,
+        max_batch_size: int = 32,
+        merge_adapter: bool = True,
+    ) -> None:
+        # torch and transformers are heavy: imported only when an hf engine is used
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_path = resolve_model(str(model_path) if model_path is not None else None)
+        self.adapter_dir = str(adapter_dir) if adapter_dir else None
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype is None:
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+        if self.adapter_dir:
+            try:  # peft is optional: only adapters need it
+                from peft import PeftModel
+            except ImportError as exc:  # pragma: no cover - depends on the environment
+                raise EnvError("a LoRA adapter needs the `peft` package: pip install 'peft==0.21.*'") from exc
+            model = PeftModel.from_pretrained(model, self.adapter_dir)
+            if merge_adapter:
+                model = model.merge_and_unload()
+        self.model = model.to(self.device).eval()
+        self.max_batch_size = max_batch_size
+        tok = self.tokenizer
+        stop = {tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id}
+        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        stop |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        self.stop_ids = {i for i in stop if isinstance(i, int) and i >= 0 and i != tok.unk_token_id}
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else next(iter(self.stop_ids))
+
+    # -- prompts --
+
+    def render(self, messages: Sequence[dict[str, str]]) -> str:
+        return self.tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=True
+        )
+
+    def prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """The chat template's prompt for `messages` (with the assistant header), as token ids."""
+        return list(self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"])
+
+    def session(self, key: str, seed: int = 0) -> Session:
+        import torch
+
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(seed)
+        return Session(key=key, seed=seed, generator=generator)
+
+    # -- generation --
+
+    def generate(
+        self, requests: Sequence[tuple[Session, Sequence[dict[str, str]]]], sampling: SamplingConfig
+    ) -> list[Generation]:
+        """One reply per (session, messages), batched `max_batch_size` at a time."""
+        out: list[Generation] = []
+        for start in range(0, len(requests), self.max_batch_size):
+            chunk = requests[start : start + self.max_batch_size]
+            out.extend(self._generate_batch([(s, self.prompt_ids(m)) for s, m in chunk], sampling))
+        return out
+
+    def generate_ids(
+        self, requests: Sequence[tuple[Session, list[int]]], sampling: SamplingConfig
+    ) -> list[Generation]:
+        out: list[Generation] = []
+        for start in range(0, len(requests), self.max_batch_size):
+            out.extend(self._generate_batch(list(requests[start : start + self.max_batch_size]), sampling))
+        return out
+
+    def _generate_batch(
+        self, requests: list[tuple[Session, list[int]]], sampling: SamplingConfig
+    ) -> list[Generation]:
+        import torch
+        from transformers import DynamicCache
+
+        dev = self.device
+        B = len(requests)
+        keep: list[int] = []
+        new: list[list[int]] = []
+        for session, target in requests:
+            if not target:
+                raise ValueError("empty prompt")
+            n = _common_prefix(session.cache_ids, target) if session.cache is not None else 0
+            n = min(n, len(target) - 1)  # always feed at least one token
+            keep.append(n)
+            new.append(list(target[n:]))
+        max_l, max_n = max(keep), max(len(x) for x in new)
+
+        # batch cache: row r's cached slots right-aligned in [0, max_l)
+        cache = DynamicCache()
+        if max_l > 0:
+            ref = next(s.cache for (s, _), n in zip(requests, keep, strict=True) if n > 0)
+            layers = []
+            for li, (k0, v0) in enumerate(ref):
+                shape_k = (B, k0.shape[1], max_l, k0.shape[3])
+                shape_v = (B, v0.shape[1], max_l, v0.shape[3])
+                k = torch.zeros(shape_k, dtype=k0.dtype, device=dev)
+                v = torch.zeros(shape_v, dtype=v0.dtype, device=dev)
+                for r, ((session, _), n) in enumerate(zip(requests, keep, strict=True)):
+                    if n > 0:
+                        sk, sv = session.cache[li]
+                        k[r, :, max_l - n :] = sk[0, :, :n]
+                        v[r, :, max_l - n :] = sv[0, :, :n]
+                layers.append((k, v))
+            cache = DynamicCache(ddp_cache_data=layers)
+
+        mask = torch.zeros((B, max_l + max_n), dtype=torch.long, device=dev)
+        input_ids = torch.full((B, max_n), self.pad_id, dtype=torch.long, device=dev)
+        position_ids = torch.zeros((B, max_n), dtype=torch.long, device=dev)
+        for r, (n, ids) in enumerate(zip(keep, new, strict=True)):
+            mask[r, max_l - n : max_l] = 1
+            mask[r, max_l : max_l + len(ids)] = 1
+            input_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            position_ids[r] = torch.arange(n, n + max_n)  # pads continue: harmless, masked
+        last = torch.tensor([len(ids) - 1 for ids in new], device=dev)
+        next_pos = torch.tensor([n + len(ids) for n, ids in zip(keep, new, strict=True)], device=dev)
+
+        generated: list[list[int]] = [[] for _ in range(B)]
+        finished = [False] * B
+        reasons = ["length"] * B
+        with torch.inference_mode():
+            out = self.model.model(
+                input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                cache=cache, use_cache=True,
+            ) if hasattr(self.model, "model") and hasattr(self.model, "lm_head") else None
+            if out is not None:
+                hidden = out.last_hidden_state[torch.arange(B, device=dev), last]
+                logits = self.model.lm_head(hidden)
+            else:  # pragma: no cover - models without the usual .model/.lm_head split
+                res = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                                 cache=cache, use_cache=True)
+                logits = res.logits[torch.arange(B, device=dev), last]
+            for step in range(sampling.max_new_tokens):
+                tokens = self._sample(logits.float(), [s.generator for s, _ in requests], sampling)
+                for r in range(B):
+                    if finished[r]:
+                        continue
+                    generated[r].append(tokens[r])
+                    if tokens[r] in self.stop_ids:
+                        finished[r], reasons[r] = True, "stop"
+                if all(finished) or step + 1 == sampling.max_new_tokens:
+                    break
+                # rows that just finished (or had finished) feed a masked pad
+                alive = torch.tensor([0 if finished[r] else 1 for r in range(B)], device=dev)
+                feed = torch.tensor(
+                    [self.pad_id if finished[r] else tokens[r] for r in range(B)], device=dev
+                ).unsqueeze(1)
+                mask = torch.cat([mask, alive.unsqueeze(1)], dim=1)
+                res = self.model(
+                    input_ids=feed, attention_mask=mask, position_ids=next_pos.unsqueeze(1),
+                    cache=cache, use_cache=True, logits_to_keep=1,
+                )  # `cache` (a DynamicCache) is extended in place
+                logits = res.logits[:, -1]
+                next_pos = next_pos + alive
+
+        # cut each row's cache back out (only unmasked slots, in order)
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        results = []
+        for r, (session, target) in enumerate(requests):
+            idx = mask[r].nonzero().squeeze(1)
+            session.cache = [(k[r : r + 1, :, idx].clone(), v[r : r + 1, :, idx].clone()) for k, v in layers]
+            session.cache_ids = list(target) + generated[r][:-1]
+            assert idx.numel() == len(session.cache_ids), (idx.numel(), len(session.cache_ids))
+            session.prompt_tokens += len(target)
+            session.prefill_tokens += len(new[r])
+            session.completion_tokens += len(generated[r])
+            body = [t for t in generated[r] if t not in self.stop_ids]
+            results.append(Generation(
+                text=self.tokenizer.decode(body, skip_special_tokens=True),
+                token_ids=generated[r], finish_reason=reasons[r],
+                prompt_tokens=len(target), prefill_tokens=len(new[r]),
+            ))
+        return results
+
+    @staticmethod
+    def _sample(logits: Any, generators: list[Any], sampling: SamplingConfig) -> list[int]:
+        import torch
+
+        if sampling.temperature == 0:
+            return logits.argmax(dim=-1).tolist()
+        probs = torch.softmax(logits / sampling.temperature, dim=-1)
+        if sampling.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            cum = sorted_p.cumsum(dim=-1)
+            drop = cum - sorted_p > sampling.top_p  # keep the smallest set reaching top_p
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        out = []
+        for r, gen in enumerate(generators):
+            out.append(int(torch.multinomial(probs[r].cpu(), 1, generator=gen).item()))
+        return out
+
+    def plain_generate(self, messages: Sequence[dict[str, str]], max_new_tokens: int) -> list[int]:
+        """Reference: greedy `model.generate` on the full history, no cache reuse (tests, benchmark)."""
+        import torch
+
+        ids = torch.tensor([self.prompt_ids(messages)], device=self.device)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                do_sample=False, eos_token_id=sorted(self.stop_ids), pad_token_id=self.pad_id,
+            )
+        return out[0, ids.shape[1] :].tolist()
+
+
+__all__ = ["ENGINE_NAME", "HFEngine"]

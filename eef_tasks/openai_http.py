@@ -1,0 +1,274 @@
+"""The one HTTP client for OpenAI-compatible servers: the LLM expert's endpoint and the vLLM server.
+
+It owns what every request to such a server needs, so that no caller re-derives it:
+
+- **URLs**: credentials written into the base URL (user:password) become Basic auth — unless the
+  API key takes the Authorization header — and are never part of a URL that is logged or raised.
+- **The API key** goes only into a request header (`Authorization: Bearer KEY`, or the bare key in
+  another header, e.g. Azure's `api-key`). The key, URL credentials and query parameters that look
+  like credentials are scrubbed (`***`) from error messages, from server answers echoed into them
+  and from the request lines httpx logs.
+- **Retries**: connection errors, timeouts and the statuses in `retry_status` (429, 408, 5xx, …)
+  are retried with exponential backoff (jittered, capped at `max_backoff_s`), honouring
+  `retry-after-ms` (OpenAI) and `Retry-After` (seconds or an HTTP date); when the tries are spent
+  the caller's error class is raised with one line saying where, why and what to check.
+
+Callers (`experts.llm.ChatClient`, `engines.vllm.VLLMEngine`) build the request bodies, read the
+answers and word their own refusals (a 401, a 404) from `detail`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+_SECRET_PARAM = re.compile(r"key|token|secret|sig|password|auth", re.IGNORECASE)
+_HTTP_LOGGERS = ("httpx", "httpcore")
+
+
+def redact_url(url: str) -> str:
+    """`url` without user:password and without query parameters that look like credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                       if not _SECRET_PARAM.search(k)])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds to wait from retry-after-ms (OpenAI) or Retry-After (seconds or an HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000.0
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def error_message(response: httpx.Response) -> str | None:
+    """The message of an OpenAI/vLLM error body ({"error": {"message"}}, {"error": "…"} or
+    {"message"}), or None when the body is not one (e.g. FastAPI's {"detail": "Not Found"} for a
+    missing route)."""
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"]
+    if isinstance(error, str):
+        return error
+    if isinstance(data.get("message"), str):
+        return data["message"]
+    return None
+
+
+class RetryReply(Exception):  # noqa: N818 - a signal, not an error the user sees
+    """Raised by a `send(read=...)` callback: this answer is unusable (e.g. not a chat
+    completion), so it is retried like a transient failure; the message says why."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently transient failures are retried."""
+
+    retries: int = 6
+    backoff_s: float = 1.0  # the first delay; doubles each retry
+    max_backoff_s: float = 60.0  # the longest wait between tries (Retry-After included)
+
+    def delay(self, attempt: int, after: float | None) -> float:
+        if after is not None:
+            return min(max(after, 0.0), self.max_backoff_s)
+        return min(self.max_backoff_s, self.backoff_s * (2 ** attempt) * random.uniform(0.75, 1.0))
+
+
+class OpenAIHTTP:
+    """Requests to one OpenAI-compatible server (see module doc); thread-safe."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None,
+        api_key_header: str = "Authorization",
+        timeout_s: float,
+        policy: RetryPolicy,
+        error: type[Exception],
+        label: str | None = None,
+        hint: str = "",
+        keep_query: bool = True,
+        max_connections: int | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        """`label` names the server in messages (default: its redacted URL), `hint` says what to
+        check once the retries are spent; `keep_query=False` drops the base URL's query string."""
+        parts = urlsplit(base_url)
+        self._key = api_key or None
+        self._key_header = api_key_header
+        query_secrets = [v for k, v in parse_qsl(parts.query) if _SECRET_PARAM.search(k)]
+        self._secrets = [
+            s for s in (self._key, parts.password, parts.username, *query_secrets) if s and len(s) >= 4
+        ]
+        key_takes_auth = self._key is not None and api_key_header.lower() == "authorization"
+        auth = httpx.BasicAuth(parts.username or "", parts.password or "") \
+            if parts.username and not key_takes_auth else None
+        self._scheme, self._netloc = parts.scheme, parts.netloc.rsplit("@", 1)[-1]
+        self._path, self._query = parts.path.rstrip("/"), parts.query if keep_query else ""
+        self.base_url = self.url("")
+        self.safe_url = redact_url(self.base_url)
+        self.label = label or self.safe_url
+        self.hint = hint
+        self.timeout_s = timeout_s
+        self.policy = policy
+        self.error = error
+        self._sleep = sleep
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections) \
+            if max_connections else httpx.Limits()
+        self._http = httpx.Client(timeout=timeout_s, auth=auth, transport=transport, limits=limits)
+        self._lock = threading.Lock()
+        self.retries = 0  # transient failures retried so far
+        # httpx logs every request URL (at INFO): keep credentials given in the URL out of the logs
+        self._log_filter = _ScrubFilter(self.scrub) if self._secrets else None
+        if self._log_filter is not None:
+            for name in _HTTP_LOGGERS:
+                logging.getLogger(name).addFilter(self._log_filter)
+
+    def url(self, path: str) -> str:
+        """The URL of `path` (e.g. '/chat/completions') under the base URL, without credentials."""
+        return urlunsplit((self._scheme, self._netloc, self._path + path, self._query, ""))
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if self._key:
+            name = self._key_header
+            headers[name] = f"Bearer {self._key}" if name.lower() == "authorization" else self._key
+        return headers
+
+    def scrub(self, text: str) -> str:
+        """`text` with the API key and URL credentials replaced by '***'."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def detail(self, response: httpx.Response) -> str:
+        """': <the answer's body, scrubbed, on one line, at most 300 characters>' or ''."""
+        try:
+            text = " ".join(self.scrub(response.text).split())
+        except Exception:  # noqa: BLE001 - a body that cannot be read adds nothing
+            return ""
+        return f": {text[:300]}" if text else ""
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        *,
+        what: str,
+        retry_status: frozenset[int] = RETRYABLE_STATUS,
+        read: Callable[[httpx.Response, int, float], Any] | None = None,
+    ) -> Any:
+        """The server's answer to one request, transient failures retried (see module doc).
+
+        Without `read`, the first answer whose status is not in `retry_status` is returned. With
+        it, that answer goes to `read(response, attempt, latency_s)`, whose result is returned; it
+        may raise `RetryReply` (retried) or any error of its own (passed on, not retried).
+        """
+        attempts = self.policy.retries + 1
+        for attempt in range(attempts):
+            started = time.monotonic()
+            after: float | None = None
+            try:
+                response = self._http.request(method, self.url(path), json=body, headers=self.headers())
+            except httpx.TimeoutException:
+                why = f"no answer within {self.timeout_s:g} s"
+            except httpx.TransportError as exc:
+                why = f"connection failed ({type(exc).__name__}: {self.scrub(str(exc))[:200]})"
+            else:
+                if response.status_code in retry_status:
+                    why = f"HTTP {response.status_code}{self.detail(response)}"
+                    after = retry_after(response.headers)
+                elif read is None:
+                    return response
+                else:
+                    try:
+                        return read(response, attempt, time.monotonic() - started)
+                    except RetryReply as exc:
+                        why = str(exc)
+            if attempt + 1 >= attempts:
+                raise self.error(
+                    f"{self.label} kept failing: {why} (while {what}; gave up after {attempts} tries"
+                    f"{'; ' + self.hint if self.hint else ''})"
+                )
+            delay = self.policy.delay(attempt, after)
+            with self._lock:
+                self.retries += 1
+            logger.warning("%s: %s failed: %s; retry %d/%d in %.1f s",
+                           self.label, what, why, attempt + 1, attempts - 1, delay)
+            self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        self._http.close()
+        if self._log_filter is not None:
+            for name in _HTTP_LOGGERS:
+                logging.getLogger(name).removeFilter(self._log_filter)
+            self._log_filter = None
+
+
+class _ScrubFilter(logging.Filter):
+    """Rewrites log records of the HTTP libraries with the client's secrets masked."""
+
+    def __init__(self, scrub: Callable[[str], str]) -> None:
+        super().__init__()
+        self._scrub = scrub
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record: let logging report it
+            return True
+        cleaned = self._scrub(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+__all__ = [
+    "OpenAIHTTP", "RETRYABLE_STATUS", "RetryPolicy", "RetryReply", "error_message", "redact_url",
+    "retry_after",
+]
