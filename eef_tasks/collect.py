@@ -33,6 +33,7 @@ from typing import Any
 
 from eef_tasks.envs.base import EnvError, Split, TaskSpec
 from eef_tasks.envs.pool import EnvPool
+from eef_tasks.envs.scienceworld import DEFAULT_SIMPLIFICATIONS, SCIENCEWORLD_VERSION
 from eef_tasks.experts import (
     EXPERTS,
     GOLD_EXPERT,
@@ -253,8 +254,6 @@ def collect_experts(
         )
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    from eef_tasks.envs.scienceworld import DEFAULT_SIMPLIFICATIONS
-
     simplifications = simplifications if simplifications is not None else DEFAULT_SIMPLIFICATIONS
     started = time.monotonic()
     summary = CollectSummary(db_path=str(db_path), env=env, expert=expert)
@@ -266,19 +265,7 @@ def collect_experts(
         summary.elapsed_s = time.monotonic() - started
         return summary
 
-    buffer: list[tuple[ExpertRun, TaskSpec]] = []
-
-    def flush() -> None:
-        if not buffer:
-            return
-        write_batch(
-            db_path,
-            [to_record(run, spec, with_task=False) for run, spec in buffer],
-            [task_record(spec, run.instruction) for run, spec in buffer],
-            summary,
-        )
-        buffer.clear()
-
+    out = _Batches(db_path, batch_size, summary)
     golds: dict[str, GoldPath | None] = {
         spec.task_id: load_gold(spec.task_id, simplifications, cache_dir) for spec, _ in todo
     }
@@ -287,14 +274,7 @@ def collect_experts(
     runs_per_task = Counter(spec.task_id for spec, _ in todo)
     shared = [t for t, g in golds.items() if g is None and runs_per_task[t] > 1]
 
-    own_pool = pool is None
-    if pool is None:
-        pool = EnvPool(
-            min(n_workers, len(todo)), env, retries=retries, timeout_s=timeout_s,
-            simplifications=simplifications,
-        )
-    elif pool.env_kwargs.get("simplifications", DEFAULT_SIMPLIFICATIONS) != simplifications:
-        raise EnvError("the given pool's simplifications differ from the requested ones")
+    pool, own_pool = _pool_for(pool, min(n_workers, len(todo)), env, retries, timeout_s, simplifications)
     bar = _progress(progress and bool(shared), len(shared), "gold paths")
     try:
         for index, outcome in pool.map(gold_job, shared, timeout_s=timeout_s):
@@ -324,15 +304,13 @@ def collect_experts(
                 summary.ran += 1
                 summary.successes += run.success
                 summary.failures += not run.success
-                buffer.append((run, spec))
-                if len(buffer) >= batch_size:
-                    flush()
+                out.add(to_record(run, spec, with_task=False), task_record(spec, run.instruction))
             bar.advance(
                 f"ok {summary.successes} · failed {summary.failures} · errors {len(summary.errors)}"
             )
     finally:
         try:
-            flush()  # finished trajectories are complete: keep them even when interrupted
+            out.flush()  # finished trajectories are complete: keep them even when interrupted
         finally:
             bar.close()
             if own_pool:
@@ -365,8 +343,6 @@ def collect_llm(
     calls this; `client`: a `ChatClient` to use). Resumable like the offline experts: traj_ids
     already stored are skipped before any request is made. Returns a `CollectSummary` with token
     and cost totals."""
-    from eef_tasks.envs.scienceworld import DEFAULT_SIMPLIFICATIONS, SCIENCEWORLD_VERSION
-
     config = config if isinstance(config, LLMExpertConfig) else LLMExpertConfig.model_validate(config)
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -385,28 +361,12 @@ def collect_llm(
     expert = LLMExpert(config, client=client)
     env_meta = {"simplifications": simplifications,
                 "env_version": f"scienceworld=={SCIENCEWORLD_VERSION}" if env == "scienceworld" else None}
-    buffer: list[tuple[TrajectoryRecord, TaskSpec, str]] = []
-
-    def flush() -> None:
-        if not buffer:
-            return
-        write_batch(
-            db_path,
-            [r for r, _, _ in buffer],
-            [task_record(spec, instruction) for _, spec, instruction in buffer],
-            summary,
-        )
-        buffer.clear()
+    out = _Batches(db_path, batch_size, summary)
 
     def cost() -> float:
         return cost_usd(summary.prompt_tokens, summary.completion_tokens, config.price_in, config.price_out)
 
-    own_pool = pool is None
-    if pool is None:
-        pool = EnvPool(min(n_workers, len(todo)), env, retries=retries, timeout_s=timeout_s,
-                       simplifications=simplifications)
-    elif pool.env_kwargs.get("simplifications", DEFAULT_SIMPLIFICATIONS) != simplifications:
-        raise EnvError("the given pool's simplifications differ from the requested ones")
+    pool, own_pool = _pool_for(pool, min(n_workers, len(todo)), env, retries, timeout_s, simplifications)
     episodes = [expert.begin(traj_id_for(name, spec.task_id, s), spec, s) for spec, s in todo]
     by_key = {ep.key: spec for ep, (spec, _) in zip(episodes, todo, strict=True)}
     bar = _progress(progress, len(todo), f"{name} expert")
@@ -430,14 +390,12 @@ def collect_llm(
                 summary.ran += 1
                 summary.successes += record.success
                 summary.failures += not record.success
-                buffer.append((record, spec, result.instruction))
-                if len(buffer) >= batch_size:
-                    flush()
+                out.add(record, task_record(spec, result.instruction))
             bar.advance(f"ok {summary.successes} · failed {summary.failures} · ${cost():.4f}")
     finally:
         results.close()
         try:
-            flush()  # finished trajectories are complete: keep them even when interrupted
+            out.flush()  # finished trajectories are complete: keep them even when interrupted
         finally:
             bar.close()
             expert.close()
@@ -451,6 +409,39 @@ def collect_llm(
             "rerun to resume"
         ) from None
     return summary
+
+
+def _pool_for(
+    pool: EnvPool | None, n_workers: int, env: str, retries: int, timeout_s: float, simplifications: str,
+) -> tuple[EnvPool, bool]:
+    """The given pool (its simplifications must be the requested ones), or a new one; and whether
+    it is ours to close."""
+    if pool is None:
+        return EnvPool(n_workers, env, retries=retries, timeout_s=timeout_s,
+                       simplifications=simplifications), True
+    if pool.env_kwargs.get("simplifications", DEFAULT_SIMPLIFICATIONS) != simplifications:
+        raise EnvError("the given pool's simplifications differ from the requested ones")
+    return pool, False
+
+
+class _Batches:
+    """Finished trajectories and their task rows, written `batch_size` at a time (`write_batch`)."""
+
+    def __init__(self, db_path: str | Path, batch_size: int, summary: CollectSummary) -> None:
+        self.db_path, self.batch_size, self.summary = db_path, batch_size, summary
+        self.records: list[TrajectoryRecord] = []
+        self.task_rows: list[TaskRecord] = []
+
+    def add(self, record: TrajectoryRecord, task_row: TaskRecord) -> None:
+        self.records.append(record)
+        self.task_rows.append(task_row)
+        if len(self.records) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.records:
+            write_batch(self.db_path, self.records, self.task_rows, self.summary)
+            self.records, self.task_rows = [], []
 
 
 class _progress:
