@@ -194,18 +194,12 @@ def run_rollouts(
     slots = _Slots(jobs, batcher, pools=pools, n_workers=n_workers, env=env, env_kwargs=env_kwargs,
                    retries=retries, timeout_s=timeout_s)
     out = _Writer(db, [row for _, row in tasks.values() if row is not None], batch_size, summary)
-
-    def finish(job: _Job, result: EpisodeResult) -> None:
-        record = _record(job, result, run_id, iteration, purpose, model_id, engine, sampling, summary)
-        if record is not None:
-            out.add(record)
-        if on_progress is not None:
-            on_progress(summary)
-
+    make_record = partial(_record, run_id=run_id, iteration=iteration, purpose=purpose, model_id=model_id,
+                          engine=engine, sampling=sampling, summary=summary)
     batched = 0
     slots.start()
     try:
-        batched = _drive(engine, sampling, slots, batcher, batch_wait_s, summary, finish)
+        batched = _drive(engine, sampling, slots, batcher, batch_wait_s, summary, make_record, out, on_progress)
     finally:
         batcher.close()
         slots.stop()
@@ -371,6 +365,11 @@ class _Slots:
     def alive(self) -> bool:
         return any(t.is_alive() for t in self.threads)
 
+    def idle(self) -> bool:
+        """Whether the driver should stop waiting for model calls: an episode finished, or no
+        slot runs any more."""
+        return not self.results.empty() or not self.alive()
+
     def _run(self, index: int) -> None:
         try:
             if self.own_pools:
@@ -412,22 +411,23 @@ class _Slots:
 
 def _drive(
     engine: Engine, sampling: SamplingConfig, slots: _Slots, batcher: _Batcher, batch_wait_s: float,
-    summary: RolloutSummary, finish: Callable[[_Job, EpisodeResult], None],
+    summary: RolloutSummary, make_record: Callable[[_Job, EpisodeResult], TrajectoryRecord | None],
+    out: _Writer, on_progress: Callable[[RolloutSummary], None] | None,
 ) -> int:
-    """Answer the slots' model calls in batches and hand each finished episode to `finish`, until
-    every slot is done; the number of calls answered."""
+    """Answer the slots' model calls in batches and write each finished episode, until every slot
+    is done; the number of calls answered."""
     batched = 0
-
-    def idle() -> bool:
-        return not slots.results.empty() or not slots.alive()
-
     while slots.alive() or not slots.results.empty() or not batcher.requests.empty():
-        pending = batcher.gather(batch_wait_s, idle)
+        pending = batcher.gather(batch_wait_s, slots.idle)
         if pending:
             _answer(engine, sampling, pending, summary)
             batched += len(pending)
         while not slots.results.empty():
-            finish(*slots.results.get())
+            record = make_record(*slots.results.get())
+            if record is not None:
+                out.add(record)
+            if on_progress is not None:
+                on_progress(summary)
     if slots.failures:
         raise slots.failures[0]
     return batched
@@ -475,7 +475,7 @@ class _Writer:
 
 
 def _record(
-    job: _Job, result: EpisodeResult, run_id: str, iteration: int, purpose: str,
+    job: _Job, result: EpisodeResult, *, run_id: str, iteration: int, purpose: str,
     model_id: str, engine: Engine, sampling: SamplingConfig, summary: RolloutSummary,
 ) -> TrajectoryRecord | None:
     """The finished episode as a policy trajectory (None, and an error counted, if it failed)."""
