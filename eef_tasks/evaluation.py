@@ -1,19 +1,24 @@
-"""Evaluation of a policy (base model + optional LoRA adapter) on held-out tasks (METHOD.md 2.8).
+"""Evaluation of a policy (base model + optional LoRA adapter) on held-out tasks (METHOD.md 2.8):
+the one evaluation path, used by `eef evaluate` and by the pipeline's evaluate phase.
 
-`evaluate_adapter` runs one greedy episode per task of a split from s0 and stores each as a
-`purpose = 'eval'` trajectory of run `run_id` / iteration `iteration` (resumable: stored episodes
-are not run again), then reads win rate (share of tasks with reward 1) and mean reward back from
-the store. Evaluation tasks are never training tasks: ETO's ScienceWorld dev split shares 54
-task/variation pairs with its train split, and those are left out.
+`evaluate_adapter` runs one episode per task from s0 (greedy unless told otherwise) and stores
+each as a `purpose = 'eval'` trajectory of run `run_id` / iteration `iteration` (resumable: stored
+episodes are not run again), then reads win rate and mean reward back from the view `win_rates`
+(sql/views/50_win_rates.sql: per task, a task's samples averaged first). Which tasks, and the rule
+that evaluation tasks are never training tasks, come from `eef_tasks.envs.registry`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from eef_tasks import store
+from eef_tasks.envs import registry
 from eef_tasks.errors import UserError
+from eef_tasks.engines import SamplingConfig
+from eef_tasks.rollout import RolloutSummary, explore_episodes, run_rollouts
 
 
 @dataclass
@@ -25,16 +30,13 @@ class EvalResult:
     written: int
     already_stored: int
     errors: list[tuple[str, str]] = field(default_factory=list)
+    rollouts: RolloutSummary | None = None
 
 
-def eval_tasks(split: str, task_names: list[str] | None = None, limit: int | None = None) -> list[str]:
-    """ScienceWorld tasks of `split` (ETO's catalog) that are not also training tasks."""
-    from eef_tasks.envs.scienceworld import catalog, find_task
-
-    if split not in ("dev", "test"):
-        raise UserError(f"evaluate on 'dev' or 'test', not {split!r}")
-    ids = [s.task_id for s in catalog(split, tasks=task_names) if find_task(s.task_id).split == split]
-    return ids[:limit] if limit else ids
+def eval_tasks(split: str, task_names: list[str] | None = None, limit: int | None = None,
+               env: str = "scienceworld") -> list[str]:
+    """Tasks of `split` in the catalog of `env` that are not also training tasks."""
+    return registry.eval_tasks(env, split, task_names, limit)
 
 
 def evaluate_adapter(
@@ -52,25 +54,30 @@ def evaluate_adapter(
     max_new_tokens: int = 128,
     max_steps: int | None = None,
     seed: int = 0,
-    engine=None,
+    engine: Any = None,
+    engine_factory: Any = None,
+    sampling: SamplingConfig | None = None,
+    env: str = "scienceworld",
+    env_kwargs: dict[str, Any] | None = None,
+    on_progress: Any = None,
 ) -> EvalResult:
-    from eef_tasks.engines import SamplingConfig
-    from eef_tasks.rollout import explore_episodes, run_rollouts
-
-    tasks = list(task_ids) if task_ids else eval_tasks(split, task_names, limit)
+    """Evaluate `adapter` (None: the base model) on `task_ids`, else on `split`'s tasks of `env`.
+    `sampling` defaults to greedy decoding with `max_new_tokens` and `seed`."""
+    tasks = registry.check_eval_tasks(task_ids) if task_ids else eval_tasks(split, task_names, limit, env)
     if not tasks:
         raise UserError(f"no {split} tasks to evaluate on" + (f" named {', '.join(task_names)}" if task_names else ""))
     model_id = f"{run_id}/{Path(adapter).name}" if adapter else f"{run_id}/base"
     summary = run_rollouts(
         db, run_id, iteration, explore_episodes(tasks), purpose="eval", model_path=base_model,
-        adapter_dir=adapter, model_id=model_id, engine=engine, n_workers=n_workers, max_steps=max_steps,
-        sampling=SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens, seed=seed),
+        adapter_dir=adapter, model_id=model_id, engine=engine, engine_factory=engine_factory,
+        n_workers=n_workers, max_steps=max_steps, env=env, env_kwargs=env_kwargs, on_progress=on_progress,
+        sampling=sampling or SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens, seed=seed),
     )
     with store.reader(db) as con:
         row = store.first_row(
-            con, """SELECT count(*), coalesce(avg(success::INT), 0), coalesce(avg(reward), 0) FROM trajectories
-                    WHERE run_id = $r AND iteration = $i AND purpose = 'eval' AND task_id IN (SELECT unnest($t))""",
-            {"r": run_id, "i": iteration, "t": tasks},
-        )
+            con, """SELECT n_tasks, win_rate, mean_reward FROM win_rates
+                    WHERE run_id = $r AND iteration = $i AND purpose = 'eval' AND model_id = $m AND split = $s""",
+            {"r": run_id, "i": iteration, "m": model_id, "s": registry.find_task(tasks[0]).split if task_ids else split},
+        ) or (0, 0.0, 0.0)
     return EvalResult(model_id, int(row[0]), float(row[1]), float(row[2]), summary.written,
-                      summary.already_stored, list(summary.errors))
+                      summary.already_stored, list(summary.errors), summary)

@@ -35,8 +35,10 @@ def check_request(iteration: int, method: str) -> None:
         raise StoreError(f"{method} iterations start at 1 (iteration 0 is --method bc)")
 
 
-def ensure_run(con: duckdb.DuckDBPyConnection, run_id: str, n_sims: int | None = None) -> int:
-    """Register `run_id` with its M (n_sims) if new; a known run keeps the M it was created with."""
+def ensure_run(con: duckdb.DuckDBPyConnection, run_id: str, n_sims: int | None = None,
+               method: str | None = None) -> int:
+    """Register `run_id` with its M (n_sims) if new; a known run keeps the M it was created with.
+    A run's method (`runs.method`) is the first eef/rft method it is registered or selected with."""
     row = first_row(con, "SELECT n_sims FROM runs WHERE run_id = $run_id", {"run_id": run_id})
     if row is not None:
         if n_sims is not None and n_sims != row[0]:
@@ -44,13 +46,16 @@ def ensure_run(con: duckdb.DuckDBPyConnection, run_id: str, n_sims: int | None =
                 f"run {run_id!r} was created with M = {row[0]} simulations per failed expert "
                 f"trajectory, not {n_sims}: its checkpoints would change; start a new run instead"
             )
+        if method in ("eef", "rft"):
+            con.execute("UPDATE runs SET method = $method WHERE run_id = $run_id AND method IS NULL",
+                        {"run_id": run_id, "method": method})
         return int(row[0])
     n_sims = DEFAULT_N_SIMS if n_sims is None else n_sims
     if n_sims < 0:
         raise StoreError("the number of simulations M must be >= 0")
     con.execute(
-        "INSERT INTO runs (run_id, n_sims) VALUES ($run_id, $n_sims)",
-        {"run_id": run_id, "n_sims": n_sims},
+        "INSERT INTO runs (run_id, n_sims, method) VALUES ($run_id, $n_sims, $method)",
+        {"run_id": run_id, "n_sims": n_sims, "method": method if method in ("eef", "rft") else None},
     )
     return n_sims
 
@@ -66,7 +71,7 @@ def select_examples(
     check_request(iteration, method)
     key = {"run_id": run_id, "iteration": iteration, "method": method}
     with transaction(con):
-        n_sims = ensure_run(con, run_id, n_sims)
+        n_sims = ensure_run(con, run_id, n_sims, method)
         con.execute(read_sql("select/delete_examples"), key)
         if method == "bc":
             con.execute(read_sql("select/bc_examples"), {"run_id": run_id})

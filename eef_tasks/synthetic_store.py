@@ -202,12 +202,13 @@ def populate(
         {
             "run_id": [f"{RUN_PREFIX}{r}" for r in range(1, n_runs + 1)],
             "n_sims": [n_sims] * n_runs,
+            "method": ["eef" if n_sims > 0 else "rft"] * n_runs,
             "config": [
                 json.dumps({"synthetic": True, "seed": seed, "n_iterations": n_iterations,
                             "explore_k": explore_k})
             ] * n_runs,
         },
-        schema={"run_id": pl.String, "n_sims": pl.Int32, "config": pl.String},
+        schema={"run_id": pl.String, "n_sims": pl.Int32, "method": pl.String, "config": pl.String},
     )
     policy = _policy_trajectories(
         seed, tasks, experts, n_runs, n_iterations, n_sims, explore_k, lo, hi
@@ -231,8 +232,8 @@ def populate(
               "INSERT INTO tasks (task_id, env, split, instruction, max_steps, meta) "
               "SELECT task_id, env, split, instruction, max_steps, meta::JSON FROM synthetic_tasks")
         _load(con, "synthetic_runs", runs,
-              "INSERT INTO runs (run_id, n_sims, config) "
-              "SELECT run_id, n_sims, config::JSON FROM synthetic_runs")
+              "INSERT INTO runs (run_id, n_sims, method, config) "
+              "SELECT run_id, n_sims, method, config::JSON FROM synthetic_runs")
         _load(con, "synthetic_trajectories", traj_rows,
               "INSERT INTO trajectories (traj_id, task_id, run_id, source, expert, model_id, "
               "iteration, purpose, branch_traj_id, branch_step, reward, success, n_steps) "

@@ -117,11 +117,11 @@ def test_phase_order_markers_and_next_iteration(db) -> None:
         assert con.execute("SELECT iteration, phase FROM run_phases").fetchall() == [(0, "select")]
     # the other phases of iteration 0, recorded as done, move the run on
     for phase in ("train", "evaluate"):
-        pipeline._mark(db, "r1", 0, phase, 0.0, {"adapter": "a0"})
+        pipeline.mark_phase(db, "r1", 0, phase, 0.0, {"adapter": "a0"})
     assert pipeline.next_iteration(db, "r1") == 1
     for it in (1, 2):
         for phase in pipeline.phases_of(it, config()):
-            pipeline._mark(db, "r1", it, phase, 0.0, {"adapter": f"a{it}"})
+            pipeline.mark_phase(db, "r1", it, phase, 0.0, {"adapter": f"a{it}"})
     assert pipeline.next_iteration(db, "r1") is None
     assert pipeline.run_iteration(db, "r1") is None  # a finished run: a schedule does nothing
 

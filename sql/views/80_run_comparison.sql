@@ -3,11 +3,10 @@
 -- Grain: one row per (run_id, iteration) that has policy trajectories or training_examples;
 --        iteration 0 (behaviour cloning) has a row when the run has bc examples or iteration-0
 --        eval trajectories.
--- Inputs: runs, tasks, trajectories, training_examples, need_recover_states.
+-- Inputs: runs, tasks, trajectories, training_examples, need_recover_states, win_rates.
 -- Columns:
---   method            the run's method: runs.config's "method" (top level, or under "config" as the
---                     pipeline registers runs), else the one non-bc method of its
---                     training_examples, else from M (n_sims = 0 -> 'rft', otherwise 'eef')
+--   method            the run's method, runs.method (written when the run is registered or first
+--                     selects an eef/rft set; NULL for a run that is not in runs)
 --   train_method      the method of the iteration's training set: 'bc' at iteration 0, else method
 --   n_examples, n_initial, n_need_recover, n_expert_success
 --                     that training set's size and its rows by state_kind (0 when not selected)
@@ -15,12 +14,12 @@
 --                     iterations <= this one (METHOD.md step 2.4: important states accumulate)
 --   n_simulations     purpose = 'simulate' trajectories of this iteration (from expert states)
 --   n_explore         purpose = 'explore' trajectories of this iteration (from s0), any split
---   explore_win_rate  share of this iteration's explore trajectories on train tasks that succeeded
+--   explore_win_rate  win rate (view win_rates: per task) of this iteration's explore rollouts on
+--                     train tasks
 --   dev_* / test_*    evaluation (purpose = 'eval') of this iteration's adapter on dev / test tasks:
---                     n_*_tasks tasks, win_rate and mean_reward. Each TASK weighs the same: with
---                     several eval samples of a task (RFT x k), its success rate and mean reward
---                     are averaged over its samples first, then over tasks (equal to the average
---                     over trajectories when every task has the same number of samples).
+--                     n_*_tasks tasks, win_rate and mean_reward, from the view win_rates (per task:
+--                     a task's samples are averaged first, then tasks). An iteration is evaluated
+--                     by one model; were there several, each task weighs the same across them.
 --   eval_split, n_eval_tasks, n_eval_trajectories, win_rate, mean_reward
 --                     the headline evaluation: dev when the iteration was evaluated on dev (the
 --                     split the reported model is chosen on, METHOD.md step 2.8), else test; NULL
@@ -36,29 +35,13 @@ WITH run_iterations AS (
     FROM training_examples
 ),
 
-selected_methods AS (
-    -- the non-bc method of a run's training sets, when it used exactly one
-    SELECT
-        run_id,
-        CASE WHEN count(DISTINCT method) = 1 THEN min(method) END AS method
-    FROM training_examples
-    WHERE method <> 'bc'
-    GROUP BY run_id
-),
-
 run_methods AS (
     SELECT
-        i.run_id,
-        r.n_sims,
-        coalesce(
-            lower(r.config ->> '$.method'),
-            lower(r.config ->> '$.config.method'),
-            s.method,
-            CASE WHEN r.n_sims = 0 THEN 'rft' WHEN r.n_sims > 0 THEN 'eef' END
-        ) AS method
-    FROM (SELECT DISTINCT run_id FROM run_iterations) AS i
-    LEFT JOIN runs AS r ON r.run_id = i.run_id
-    LEFT JOIN selected_methods AS s ON s.run_id = i.run_id
+        run.run_id,
+        runs.n_sims,
+        runs.method
+    FROM (SELECT DISTINCT run_id FROM run_iterations) AS run
+    LEFT JOIN runs ON runs.run_id = run.run_id
 ),
 
 iterations AS (
@@ -106,34 +89,26 @@ need_recover_found AS (
 
 rollouts AS (
     SELECT
-        t.run_id,
-        t.iteration,
-        count(*) FILTER (WHERE t.purpose = 'simulate') AS n_simulations,
-        count(*) FILTER (WHERE t.purpose = 'explore') AS n_explore,
-        avg(t.success::INTEGER) FILTER (WHERE t.purpose = 'explore' AND k.split = 'train')
-            AS explore_win_rate
-    FROM trajectories AS t
-    JOIN tasks AS k ON k.task_id = t.task_id
-    WHERE t.source = 'policy'
-      AND t.purpose IN ('explore', 'simulate')
-    GROUP BY t.run_id, t.iteration
+        traj.run_id,
+        traj.iteration,
+        count(*) FILTER (WHERE traj.purpose = 'simulate') AS n_simulations,
+        count(*) FILTER (WHERE traj.purpose = 'explore') AS n_explore
+    FROM trajectories AS traj
+    WHERE traj.source = 'policy'
+      AND traj.purpose IN ('explore', 'simulate')
+    GROUP BY traj.run_id, traj.iteration
 ),
 
-eval_per_task AS (
+explore_wins AS (
     SELECT
-        t.run_id,
-        t.iteration,
-        k.split,
-        t.task_id,
-        count(*) AS n_trajectories,
-        avg(t.success::INTEGER) AS win_rate,
-        avg(t.reward) AS mean_reward
-    FROM trajectories AS t
-    JOIN tasks AS k ON k.task_id = t.task_id
-    WHERE t.source = 'policy'
-      AND t.purpose = 'eval'
-      AND k.split IN ('dev', 'test')
-    GROUP BY t.run_id, t.iteration, k.split, t.task_id
+        run_id,
+        iteration,
+        sum(win_rate * n_tasks) / sum(n_tasks) AS explore_win_rate
+    FROM win_rates
+    WHERE purpose = 'explore'
+      AND split = 'train'
+      AND run_id IS NOT NULL
+    GROUP BY run_id, iteration
 ),
 
 eval_by_split AS (
@@ -141,11 +116,14 @@ eval_by_split AS (
         run_id,
         iteration,
         split,
-        count(*) AS n_tasks,
+        sum(n_tasks)::BIGINT AS n_tasks,
         sum(n_trajectories)::BIGINT AS n_trajectories,
-        avg(win_rate) AS win_rate,
-        avg(mean_reward) AS mean_reward
-    FROM eval_per_task
+        sum(win_rate * n_tasks) / sum(n_tasks) AS win_rate,
+        sum(mean_reward * n_tasks) / sum(n_tasks) AS mean_reward
+    FROM win_rates
+    WHERE purpose = 'eval'
+      AND run_id IS NOT NULL
+      AND split IN ('dev', 'test')
     GROUP BY run_id, iteration, split
 ),
 
@@ -174,7 +152,7 @@ SELECT
     coalesce(f.n_need_recover_found, 0) AS n_need_recover_found,
     coalesce(r.n_simulations, 0) AS n_simulations,
     coalesce(r.n_explore, 0) AS n_explore,
-    r.explore_win_rate,
+    w.explore_win_rate,
     dev.n_tasks AS n_dev_tasks,
     dev.win_rate AS dev_win_rate,
     dev.mean_reward AS dev_mean_reward,
@@ -185,6 +163,7 @@ FROM iterations AS i
 LEFT JOIN examples AS x ON x.run_id = i.run_id AND x.iteration = i.iteration
 LEFT JOIN need_recover_found AS f ON f.run_id = i.run_id AND f.iteration = i.iteration
 LEFT JOIN rollouts AS r ON r.run_id = i.run_id AND r.iteration = i.iteration
+LEFT JOIN explore_wins AS w ON w.run_id = i.run_id AND w.iteration = i.iteration
 LEFT JOIN headline_eval AS h ON h.run_id = i.run_id AND h.iteration = i.iteration
 LEFT JOIN eval_by_split AS dev
     ON dev.run_id = i.run_id AND dev.iteration = i.iteration AND dev.split = 'dev'

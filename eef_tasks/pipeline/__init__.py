@@ -1,0 +1,57 @@
+"""The EEF and RFT pipelines as plain functions: one run, one iteration, one phase at a time.
+
+A **run** is one experiment (METHOD.md): a method (`eef`, or `rft` = the same with M = 0), its
+settings (`RunConfig`, kept in `runs.config` when the run is registered and fixed from then on),
+and iterations 0..I. Iteration 0 is behaviour cloning (select, train, evaluate); every later
+iteration is explore → simulate (eef only) → select → train → evaluate.
+
+Each phase function takes only references (store path, run id, iteration), reads what it needs
+from the store, stores its output, and then records itself in `run_phases`. A phase recorded there
+is never redone; a phase that was interrupted is simply run again, and because rollouts skip the
+trajectories already stored, selection replaces its rows, and adapters are written atomically,
+running it again never duplicates or loses anything. `next_iteration` reads the same table: a
+scheduler can advance a run one iteration at a time from whatever the store holds.
+
+The package, by concern:
+
+    settings.py   RunConfig, the settings that may change after registration
+    presets/      named recipes for RunConfig, one small file each (tiny, demo, paper)
+    runs.py       the run registry (task sets resolved once) and phase bookkeeping (phases_of)
+    phases.py     the phases themselves, run_phase, run_iteration
+    slot.py       the machine's model slot (one model phase at a time)
+    process.py    one phase in a child process: `python -m eef_tasks.pipeline PHASE …`
+"""
+
+from eef_tasks.pipeline.phases import PHASE_FUNCTIONS, run_iteration, run_phase
+from eef_tasks.pipeline.presets import preset_config
+from eef_tasks.pipeline.process import (
+    PROGRESS_PREFIX,
+    RESULT_PREFIX,
+    main,
+    run_phase_process,
+    set_torch_threads,
+)
+from eef_tasks.pipeline.runs import (
+    BC_PHASES,
+    MODEL_PHASES,
+    PHASES,
+    adapter_dir,
+    finished_phases,
+    load_run,
+    mark_phase,
+    next_iteration,
+    phases_of,
+    policy_adapter,
+    register_run,
+    require_earlier_phases,
+    store_id,
+)
+from eef_tasks.pipeline.settings import MUTABLE_SETTINGS, PipelineError, RunConfig, config_hash
+from eef_tasks.pipeline.slot import gpu_slot
+
+__all__ = [
+    "BC_PHASES", "MODEL_PHASES", "MUTABLE_SETTINGS", "PHASES", "PHASE_FUNCTIONS", "PROGRESS_PREFIX", "RESULT_PREFIX",
+    "PipelineError", "RunConfig", "adapter_dir", "config_hash", "finished_phases", "gpu_slot", "load_run", "main",
+    "mark_phase", "next_iteration", "phases_of", "policy_adapter", "preset_config", "register_run",
+    "require_earlier_phases", "run_iteration", "run_phase", "run_phase_process", "set_torch_threads", "store_id",
+]

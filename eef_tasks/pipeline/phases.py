@@ -1,0 +1,204 @@
+"""The phases of an iteration (METHOD.md step 2), each a function of references only (store path,
+run id, iteration) that reads what it needs from the store, stores its output, and is recorded in
+`run_phases` when it finished (`run_phase`); `run_iteration` runs the next unfinished iteration's
+phases in the order `runs.phases_of` gives.
+
+    explore   the policy of iteration i-1 from s0 of every training task (k samples: RFT×k)
+    simulate  the same policy from the checkpoints of every failed expert trajectory (eef only)
+    select    the iteration's training set (`eef select`: sql/select/*)
+    train     a fresh LoRA adapter on it
+    evaluate  the new adapter on the evaluation tasks (eef_tasks.evaluation, purpose 'eval')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from eef_tasks import evaluation, rollout, selection, store
+from eef_tasks.engines import SamplingConfig
+from eef_tasks.engines.hf import HFEngine
+from eef_tasks.envs import registry
+from eef_tasks.pipeline.runs import (
+    MODEL_PHASES,
+    PHASES,
+    adapter_dir,
+    finished_phases,
+    load_run,
+    mark_phase,
+    next_iteration,
+    phases_of,
+    policy_adapter,
+    require_earlier_phases,
+)
+from eef_tasks.pipeline.settings import PipelineError, RunConfig
+from eef_tasks.pipeline.slot import gpu_slot
+from eef_tasks.training import read_train_record, train_adapter
+
+Progress = Callable[[int, int], None]
+
+
+def run_phase(db: str | Path, run_id: str, iteration: int, phase: str, progress: Progress | None = None) -> dict:
+    """Run one phase (skipped, with its stored summary, when it finished before)."""
+    if phase not in PHASES:
+        raise PipelineError(f"unknown phase {phase!r}: one of {', '.join(PHASES)}")
+    config = load_run(db, run_id)
+    if phase not in phases_of(iteration, config):
+        raise PipelineError(f"run {run_id!r} has no {phase} phase in iteration {iteration}")
+    if iteration > config.iterations:
+        raise PipelineError(f"run {run_id!r} has {config.iterations} iterations, not {iteration}")
+    done = finished_phases(db, run_id).get((iteration, phase))
+    if done is not None:
+        return {**done, "skipped": True}
+    require_earlier_phases(db, config, iteration, phase)
+    started = time.time()
+    with gpu_slot() if phase in MODEL_PHASES else contextlib.nullcontext():
+        summary = PHASE_FUNCTIONS[phase](db, config, iteration, progress)
+    return mark_phase(db, run_id, iteration, phase, started, summary)
+
+
+def run_iteration(db: str | Path, run_id: str, runner: Callable[[str, int, str], dict] | None = None) -> dict | None:
+    """Advance the run by one iteration (the next unfinished one); None when the run is complete.
+    `runner(run_id, iteration, phase)` runs a phase (default: in this process)."""
+    iteration = next_iteration(db, run_id)
+    if iteration is None:
+        return None
+    runner = runner or (lambda r, i, p: run_phase(db, r, i, p))
+    config = load_run(db, run_id)
+    return {"iteration": iteration, **{p: runner(run_id, iteration, p) for p in phases_of(iteration, config)}}
+
+
+# --- rollouts: explore, simulate (and evaluate, through eef_tasks.evaluation) --------------------------
+
+
+def _sampling(config: RunConfig, temperature: float) -> SamplingConfig:
+    return SamplingConfig(temperature=temperature, top_p=config.top_p,
+                                  max_new_tokens=config.max_new_tokens, seed=config.seed)
+
+
+def _on_progress(progress: Progress | None, total: int):
+    if progress is None:
+        return None
+    return lambda s: progress(s.already_stored + s.ran + len(s.errors), total)
+
+
+def _rollout_summary(config: RunConfig, iteration: int, purpose: str, summary: rollout.RolloutSummary,
+                     total: int, adapter: Path) -> dict:
+    """The phase summary of a rollout phase; a PipelineError when too many episodes failed."""
+    failed = len(summary.errors)
+    if failed > config.max_failed_fraction * max(total, 1):
+        raise PipelineError(
+            f"{purpose} of run {config.run_id!r} iteration {iteration}: {failed} of {total} episodes failed "
+            f"(first: {summary.errors[0][0]}: {summary.errors[0][1]}); the others are stored — rerun to retry them"
+        )
+    return {
+        "requested": summary.requested, "already_stored": summary.already_stored, "written": summary.written,
+        "successes": summary.successes, "errors": failed, "failed": [f"{k}: {w}" for k, w in summary.errors[:20]],
+        "completion_tokens": summary.completion_tokens, "prefill_tokens": summary.prefill_tokens,
+        "generate_s": round(summary.generate_s, 2), "adapter": str(adapter),
+    }
+
+
+def _rollouts(db, config: RunConfig, iteration: int, purpose: str, episodes, adapter: Path,
+              progress: Progress | None) -> dict:
+    summary = rollout.run_rollouts(
+        db, config.run_id, iteration, episodes, purpose=purpose, engine_factory=lambda: engine(config, adapter),
+        model_id=f"{config.run_id}/{adapter.name}", sampling=_sampling(config, config.explore_temperature),
+        n_workers=config.workers, max_steps=config.max_steps, on_progress=_on_progress(progress, len(episodes)),
+        env=config.env, env_kwargs=registry.env_kwargs(config.env, config.env_url),
+    )
+    return _rollout_summary(config, iteration, purpose, summary, len(episodes), adapter)
+
+
+def engine(config: RunConfig, adapter: Path):
+    """The run's model engine for `adapter`: hf (in this process) or a vLLM server."""
+    if config.engine == "vllm":
+        from eef_tasks.engines.vllm import VLLMEngine  # the HTTP client; only runs on a vLLM server need it
+
+        url = config.vllm_url or os.environ.get("EEF_VLLM_URL")
+        if not url:
+            raise PipelineError("engine 'vllm' needs vllm_url (or $EEF_VLLM_URL)")
+        return VLLMEngine(url, config.served_model or config.base_model, adapter_dir=adapter)
+    return HFEngine(config.base_model, adapter, max_batch_size=max(8, config.workers))
+
+
+def explore(db, config: RunConfig, iteration: int, progress: Progress | None) -> dict:
+    episodes = rollout.explore_episodes(config.train_tasks, config.samples)
+    return _rollouts(db, config, iteration, "explore", episodes, policy_adapter(db, config, iteration - 1), progress)
+
+
+def simulate(db, config: RunConfig, iteration: int, progress: Progress | None) -> dict:
+    train = set(config.train_tasks)
+    episodes = [e for e in rollout.simulation_episodes(db, config.run_id) if e.task_id in train]
+    return _rollouts(db, config, iteration, "simulate", episodes, policy_adapter(db, config, iteration - 1), progress)
+
+
+def evaluate(db, config: RunConfig, iteration: int, progress: Progress | None) -> dict:
+    adapter = policy_adapter(db, config, iteration)
+    if iteration == 0 and config.bc_adapter:  # evaluated by the run that trained it
+        return {"adapter": str(adapter), "reused": True}
+    result = evaluation.evaluate_adapter(
+        db, adapter, run_id=config.run_id, iteration=iteration, split=config.eval_split, task_ids=config.eval_tasks,
+        engine_factory=lambda: engine(config, adapter), sampling=_sampling(config, config.eval_temperature),
+        n_workers=config.workers, max_steps=config.max_steps, env=config.env,
+        env_kwargs=registry.env_kwargs(config.env, config.env_url),
+        on_progress=_on_progress(progress, len(config.eval_tasks)),
+    )
+    summary = _rollout_summary(config, iteration, "eval", result.rollouts, len(config.eval_tasks), adapter)
+    return {**summary, "n_eval": result.n_tasks, "win_rate": result.win_rate, "mean_reward": result.mean_reward,
+            "split": config.eval_split}
+
+
+# --- select, train --------------------------------------------------------------------------------
+
+
+def select(db, config: RunConfig, iteration: int, progress: Progress | None) -> dict:
+    method = "bc" if iteration == 0 else config.method
+    with store.writer(db) as con:
+        result = selection.select_examples(con, config.run_id, iteration, method)
+        found = store.first_row(
+            con, "SELECT count(DISTINCT (expert_traj_id, step)) FROM need_recover_states "
+                 "WHERE run_id = $r AND iteration <= $i", {"r": config.run_id, "i": iteration},
+        )[0]
+    return {"method": method, "n_examples": result.n_examples, "by_kind": result.by_kind,
+            "need_recover_states": int(found)}
+
+
+def _example_keys(db, config: RunConfig, iteration: int, method: str) -> list[list]:
+    with store.reader(db) as con:
+        return [list(r) for r in con.execute(
+            """SELECT traj_id, loss_from_step FROM training_examples
+               WHERE run_id = $r AND iteration = $i AND method = $m ORDER BY traj_id, loss_from_step""",
+            {"r": config.run_id, "i": iteration, "m": method},
+        ).fetchall()]
+
+
+def train(db, config: RunConfig, iteration: int, progress: Progress | None) -> dict:
+    method = "bc" if iteration == 0 else config.method
+    out = adapter_dir(config, iteration)
+    if iteration == 0 and config.bc_adapter:
+        if read_train_record(out) is None and not (out / "adapter_config.json").is_file():
+            raise PipelineError(f"bc_adapter {out} is not an adapter folder")
+        return {"adapter": str(out), "reused": True}
+    keys = _example_keys(db, config, iteration, method)
+    if not keys:  # nothing new to learn: keep the previous policy
+        previous = policy_adapter(db, config, iteration - 1) if iteration > 0 else None
+        if previous is None:
+            raise PipelineError(f"run {config.run_id!r}: the behaviour-cloning set is empty (no expert successes)")
+        return {"adapter": str(previous), "carried_over": True, "n_examples": 0}
+    record = read_train_record(out)
+    if record is not None and sorted([e["traj_id"], e["loss_from_step"]] for e in record["examples"]) == keys:
+        return {"adapter": str(out), "n_examples": record["n_examples"], "final_loss": record["final_loss"],
+                "already_trained": True}
+    info = train_adapter(db, config.run_id, iteration, method, out, config.train, base_model=config.base_model,
+                         overwrite=True, progress=progress is None)
+    return {"adapter": info.path, "n_examples": info.n_examples, "n_supervised_tokens": info.n_supervised_tokens,
+            "n_optimizer_steps": info.n_optimizer_steps, "final_loss": info.final_loss, "train_s": info.wall_s}
+
+
+PHASE_FUNCTIONS: dict[str, Callable[..., dict]] = {
+    "explore": explore, "simulate": simulate, "select": select, "train": train, "evaluate": evaluate,
+}

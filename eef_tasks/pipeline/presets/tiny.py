@@ -1,0 +1,12 @@
+"""the whole method in a few minutes on CPU (tests): one task family, 2 train and 1 eval task, 1 iteration.
+
+    eef run --preset tiny --db data/tiny.duckdb
+"""
+
+from eef_tasks.training import TrainConfig
+
+SETTINGS = dict(
+    iterations=1, n_sims=1, task_names=["lifespan-longest-lived"], train_limit=2, eval_limit=1,
+    train=TrainConfig(epochs=1, batch_size=4, micro_batch=4, max_length=1024, learning_rate=5e-4).model_dump(),
+    max_new_tokens=24, max_steps=4, workers=2,
+)

@@ -1,0 +1,120 @@
+"""The child-process protocol: one phase in its own Python process.
+
+`python -m eef_tasks.pipeline PHASE --db DB --run RUN --iteration N` runs one phase (the Prefect
+flows do this for model work): it logs to stderr and reports progress and its result as
+`@@progress [done, total]` / `@@result {...}` lines on stdout. `run_phase_process` is the parent's
+side: it starts the child, forwards its log lines and progress, and returns its result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from eef_tasks.errors import UserError
+from eef_tasks.pipeline.phases import run_phase
+from eef_tasks.pipeline.runs import PHASES
+from eef_tasks.pipeline.settings import PipelineError
+
+PROGRESS_PREFIX = "@@progress "
+RESULT_PREFIX = "@@result "
+
+
+def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the child gets SIGKILL when the thread that started it dies (e.g. kill -9 of a flow)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+def run_phase_process(
+    db: str | Path, run_id: str, iteration: int, phase: str, *,
+    on_log: Callable[[str], None] | None = None, on_progress: Callable[[int, int], None] | None = None,
+    env: dict[str, str] | None = None,
+) -> dict:
+    """Run one phase in a fresh Python process (`python -m eef_tasks.pipeline`), forwarding its log
+    lines to `on_log` and its progress to `on_progress`; returns the phase summary. The child dies
+    with its parent. A failing child raises PipelineError with the last lines of its log."""
+    cmd = [sys.executable, "-m", "eef_tasks.pipeline", phase, "--db", str(db), "--run", run_id,
+           "--iteration", str(iteration)]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+        preexec_fn=_set_parent_death_signal if sys.platform.startswith("linux") else None,
+    )
+    result: dict | None = None
+    tail: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            if line.startswith(PROGRESS_PREFIX):
+                if on_progress is not None:
+                    done, total = json.loads(line[len(PROGRESS_PREFIX):])
+                    on_progress(done, total)
+                continue
+            if line.startswith(RESULT_PREFIX):
+                result = json.loads(line[len(RESULT_PREFIX):])
+                continue
+            tail = (tail + [line])[-20:]
+            if on_log is not None and line.strip():
+                on_log(line)
+        rc = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    if rc != 0 or result is None:
+        raise PipelineError(
+            f"{phase} of run {run_id!r} iteration {iteration} failed (exit status {rc}):\n" + "\n".join(tail[-10:])
+        )
+    return result
+
+
+def set_torch_threads(phase: str) -> None:
+    """CPU threads for torch in a phase process: $EEF_TORCH_THREADS, else all cores for training and
+    half of them for rollouts, whose game processes need the rest (on a 2-core machine, two torch
+    threads beside the JVMs made generation ~5x slower than one)."""
+    wanted = os.environ.get("EEF_TORCH_THREADS")
+    n = int(wanted) if wanted else (os.cpu_count() or 1) if phase in ("train", "select") else max(1, (os.cpu_count() or 2) // 2)
+    try:
+        import torch  # heavy: only phase processes and model commands set its threads
+
+        torch.set_num_threads(max(1, n))
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eef_tasks.pipeline", description="run one phase of a run")
+    parser.add_argument("phase", choices=PHASES)
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--iteration", type=int, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last[0] > 1.0:
+            last[0] = now
+            print(PROGRESS_PREFIX + json.dumps([done, total]), flush=True)
+
+    set_torch_threads(args.phase)
+    try:
+        summary = run_phase(args.db, args.run, args.iteration, args.phase, progress)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    print(RESULT_PREFIX + json.dumps(summary, default=str), flush=True)
+    return 0
