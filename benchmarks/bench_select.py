@@ -2,13 +2,13 @@
 """Benchmark training-example selection: the SQL path against the pure-Python baseline.
 
 On one synthetic store (default ~100k trajectories / ~1.1M steps, made by
-`eef_tasks.synthetic_store.generate_store` in benchmarks/out/ when missing) it measures, for
+`eef_tasks.testing.synthetic_store.generate_store` in benchmarks/out/ when missing) it measures, for
 --method eef and rft at the last iteration and bc at iteration 0:
 
 - SQL, CLI: wall time of `eef select --db … --run … --iteration N --method M` through the real
   console script (process start, imports, connect, select, commit);
 - SQL, in-process: `eef_tasks.selection.select_examples` on an open connection;
-- baseline: `eef_tasks.selection_reference` — `load` (all tasks and trajectories from DuckDB into
+- baseline: `eef_tasks.testing.selection_reference` — `load` (all tasks and trajectories from DuckDB into
   Python objects) and `select` (the rules in Python), timed separately;
 
 checks that `selection.fetch_examples` equals `selection_reference.select` row for row (exit 1
@@ -36,8 +36,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from eef_tasks import selection, selection_reference, store  # noqa: E402
-from eef_tasks.synthetic_store import generate_store  # noqa: E402
+from eef_tasks import selection, store  # noqa: E402
+from eef_tasks.testing import selection_reference  # noqa: E402
+from eef_tasks.testing.synthetic_store import generate_store  # noqa: E402
 
 DEFAULT_DB = REPO / "benchmarks" / "out" / "bench.duckdb"
 DEFAULT_TASKS = 3500  # -> ~100k trajectories, ~1.1M steps with the generator's other defaults

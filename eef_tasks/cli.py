@@ -20,7 +20,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from eef_tasks import chat, selection, store
+from eef_tasks.envs import registry
 from eef_tasks.errors import UserError
+from eef_tasks.pipeline import presets
 
 app = typer.Typer(
     name="eef",
@@ -244,7 +246,7 @@ def export_cmd(
 @user_errors
 def collect(
     db: DbOption = store.DEFAULT_DB,
-    env: Annotated[str, typer.Option("--env", help="environment (scienceworld)")] = "scienceworld",
+    env: Annotated[str, typer.Option("--env", help="a registered environment (offline experts: scienceworld)")] = "scienceworld",
     expert: Annotated[str, typer.Option("--expert", help="gold or synthetic (offline experts)")] = "gold",
     tasks: Annotated[list[str] | None, typer.Option("--tasks", help="task names, e.g. boil (repeatable or comma-separated)")] = None,
     task_id: Annotated[list[str] | None, typer.Option("--task-id", help="explicit task ids (repeatable)")] = None,
@@ -381,6 +383,8 @@ def rollout(
     vllm_url: Annotated[str | None, typer.Option("--vllm-url", envvar="EEF_VLLM_URL", help="vllm: the server's OpenAI URL, e.g. http://localhost:8000/v1")] = None,
     served_model: Annotated[str | None, typer.Option("--served-model", help="vllm: the base model's name on the server (default: the one it serves)")] = None,
     adapter_path_on_server: Annotated[str | None, typer.Option("--adapter-path-on-server", help="vllm: the adapter folder as the server sees it (default: the local absolute path)")] = None,
+    env: Annotated[str, typer.Option("--env", help="a registered environment: " + ", ".join(registry.BACKENDS))] = "scienceworld",
+    env_url: Annotated[str | None, typer.Option("--env-url", help="its server, for environments that have one (agentgym:*)")] = None,
 ) -> None:
     """Run the policy in the environment and store every trajectory (resumable)."""
     from eef_tasks import rollout as rollouts
@@ -394,7 +398,8 @@ def rollout(
     else:
         with store.reader(db) as con:
             task_ids = [row[0] for row in con.execute(
-                "SELECT task_id FROM tasks WHERE split = $split ORDER BY task_id", {"split": split}
+                "SELECT task_id FROM tasks WHERE split = $split AND env = $env ORDER BY task_id",
+                {"split": split, "env": registry.backend(env).task_env},
             ).fetchall()]
         episodes = rollouts.explore_episodes(task_ids[:limit] if limit else task_ids, samples)
     engine = None
@@ -409,6 +414,7 @@ def rollout(
         summary = rollouts.run_rollouts(
             db, run, iteration, episodes, purpose=purpose.value, model_path=base_model,
             adapter_dir=adapter, n_workers=workers, engine=engine,
+            env=registry.backend(env).name, env_kwargs=registry.env_kwargs(env, env_url),
             sampling=SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed),
         )
     finally:
@@ -425,24 +431,19 @@ def rollout(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command("demo-selection")
 @user_errors
-def demo(
+def demo_selection(
     db: DbOption = Path("data/demo-synthetic.duckdb"),
     n_tasks: Annotated[int, typer.Option("--tasks", help="synthetic tasks to generate")] = 60,
     iterations: Annotated[int, typer.Option("--iterations")] = 3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
-    """Generate a synthetic store, select BC, EEF and RFT sets for every iteration, and compare."""
+    """Selection only: generate a synthetic store, select BC, EEF and RFT sets for every iteration, compare them
+    (no model, no game; `make demo` runs the real method)."""
     from eef_tasks import demo as demo_module
 
     demo_module.run(db, n_tasks=n_tasks, iterations=iterations, seed=seed, console=out)
-
-
-class Preset(str, Enum):
-    tiny = "tiny"
-    demo = "demo"
-    paper = "paper"
 
 
 def _overrides(settings: list[str] | None) -> dict:
@@ -462,26 +463,30 @@ def _overrides(settings: list[str] | None) -> dict:
 @app.command("run")
 @user_errors
 def run_cmd(
-    preset: Annotated[Preset, typer.Option("--preset", help="tiny (tests), demo (CPU, minutes), paper (I=4, M=5, GPU)")] = Preset.demo,
+    preset: Annotated[str, typer.Option("--preset", help="a recipe of eef_tasks/pipeline/presets/: " + presets.describe())] = "demo",
     db: DbOption = store.DEFAULT_DB,
     name: Annotated[str, typer.Option("--name", help="runs are NAME-eef and NAME-rft")] = "demo",
     expert: Annotated[str, typer.Option("--expert", help="collect synthetic|gold expert data first, or none")] = "synthetic",
     rft_samples: Annotated[int, typer.Option("--rft-samples", help="k of the RFT baseline (RFT x k)")] = 1,
     settings: Annotated[list[str] | None, typer.Option("--set", help="override a run setting: KEY=VALUE (JSON), e.g. iterations=3")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="where the comparison table and plot go")] = Path("data/reports"),
+    env: Annotated[str | None, typer.Option("--env", help="a registered environment: " + ", ".join(registry.BACKENDS))] = None,
+    env_url: Annotated[str | None, typer.Option("--env-url", help="its server, for environments that have one (agentgym:*)")] = None,
 ) -> None:
     """The whole method end to end (Prefect flow `experiment`): expert data, EEF, RFT, comparison."""
-    from flows.pipeline import ExperimentParams, experiment_flow
-
-    from eef_tasks import report
+    from flows.pipeline import ExperimentParams, experiment_flow  # Prefect loads only for the flow commands
 
     if expert not in ("synthetic", "gold", "none"):
         raise store.StoreError("--expert must be synthetic, gold or none")
-    params = ExperimentParams(db=str(db), preset=preset.value, name=name, expert=expert,
-                              rft_samples=rft_samples, overrides=_overrides(settings), out_dir=str(out_dir))
+    if preset not in presets.names():
+        raise store.StoreError(f"unknown preset {preset!r}: one of {', '.join(presets.names())}")
+    overrides = _overrides(settings)
+    overrides.update({key: value for key, value in (("env", env), ("env_url", env_url)) if value is not None})
+    params = ExperimentParams(db=str(db), preset=preset, name=name, expert=expert,
+                              rft_samples=rft_samples, overrides=overrides, out_dir=str(out_dir))
     result = experiment_flow(params)
     _print_comparison(report.comparison(db, [f"{name}-eef", f"{name}-rft"]),
-                      f"EEF vs RFT ({preset.value} preset; win rates in %)")
+                      f"EEF vs RFT ({preset} preset; win rates in %)")
     out.print(f"table: {escape(str(result['table']))}  plot: {escape(str(result['plot']))}")
     out.print(f"Try: eef sql --db {escape(str(db))} \"SELECT * FROM run_comparison\"")
 
@@ -500,15 +505,19 @@ def evaluate(
     workers: Annotated[int, typer.Option("--workers")] = 4,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 128,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="cap on each task's step limit")] = None,
+    env: Annotated[str, typer.Option("--env", help="a registered environment: " + ", ".join(registry.BACKENDS))] = "scienceworld",
+    env_url: Annotated[str | None, typer.Option("--env-url", help="its server, for environments that have one (agentgym:*)")] = None,
 ) -> None:
     """Win rate and mean reward of an adapter on a split (greedy), stored as purpose='eval' trajectories."""
-    from eef_tasks import evaluation, pipeline
+    from eef_tasks import evaluation  # the model stack loads only for the model commands
+    from eef_tasks.pipeline import set_torch_threads
 
-    pipeline.set_torch_threads("evaluate")
+    set_torch_threads("evaluate")
     result = evaluation.evaluate_adapter(
         db, adapter, run_id=run, iteration=iteration, split=split,
         task_names=[t for t in (tasks or "").split(",") if t] or None, limit=limit, base_model=base_model,
         n_workers=workers, max_new_tokens=max_new_tokens, max_steps=max_steps,
+        env=registry.backend(env).name, env_kwargs=registry.env_kwargs(env, env_url),
     )
     out.print(
         f"{escape(result.model_id)} on {result.n_tasks} {split} tasks: win rate {result.win_rate:.1%}, "
@@ -585,21 +594,9 @@ def serve(
     limit: Annotated[int | None, typer.Option("--limit", help="at most this many flow runs at once")] = None,
 ) -> None:
     """Serve every flow as a deployment (<flow>/served) of the Prefect server at PREFECT_API_URL; blocks."""
-    from flows import serve as serving
+    from flows import serve as serving  # Prefect's runner loads only for this command
 
-    server = serving.check_server()
-    deployments = serving.deployments(interval, cron, run, db)
-    out.print(escape(f"Prefect API: {server.api_url}"))
-    if server.ui_url:
-        out.print(escape(f"Prefect UI:  {server.ui_url}") + " (Deployments: trigger a flow with Run > Custom run; "
-                  "Runs: logs and artifacts)")
-    if interval is not None or cron is not None:
-        out.print(escape(f"iteration/{serving.DEPLOYMENT} advances run {run!r} of {Path(db).resolve()} "
-                         f"{serving.describe_schedule(interval, cron)}"))
-    out.print("serving until Ctrl-C (schedules are paused on exit); flow runs execute in this process's children")
-    import prefect
-
-    prefect.serve(*deployments, limit=limit)
+    serving.serve(interval, cron, run, db, limit, say=lambda line: out.print(escape(line)))
 
 
 if __name__ == "__main__":

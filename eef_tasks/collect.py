@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eef_tasks.envs import registry
 from eef_tasks.envs.base import EnvError, Split, TaskSpec
 from eef_tasks.envs.pool import EnvPool
 from eef_tasks.envs.scienceworld import DEFAULT_SIMPLIFICATIONS, SCIENCEWORLD_VERSION
@@ -110,27 +111,28 @@ def select_tasks(
     catalog: str = "eto",
     limit: int | None = None,
 ) -> list[TaskSpec]:
-    """Catalog entries to collect: explicit `task_ids`, or a catalog ('eto' or 'package')
-    filtered by split and task name; `limit` keeps the first N (after filtering)."""
-    if env != "scienceworld":
-        raise EnvError(f"offline experts exist only for ScienceWorld, not {env!r}")
-    from eef_tasks.envs import scienceworld as sw
-
+    """Catalog entries to collect: explicit `task_ids`, or a catalog ('eto' or 'package' for
+    ScienceWorld, 'registry' for any env's: eef_tasks.envs.registry) filtered by split and task
+    name; `limit` keeps the first N (after filtering)."""
+    names = [tasks] if isinstance(tasks, str) else (list(tasks) if tasks is not None else None)
     if task_ids is not None:
-        specs = [sw.find_task(t) for t in task_ids]
+        specs = [registry.find_task(t) for t in task_ids]
         wanted_splits = None if split is None else ({split} if isinstance(split, str) else set(split))
-        wanted_tasks = sw.task_filter(tasks)
+        wanted_tasks = registry.task_name_filter(env, names)
         specs = [
             s for s in specs
             if (wanted_splits is None or s.split in wanted_splits)
             and (wanted_tasks is None or s.meta.get("task_name") in wanted_tasks)
         ]
-    elif catalog == "eto":
-        specs = sw.catalog(split, tasks=tasks)
-    elif catalog == "package":
+    elif catalog == "registry" or (catalog == "eto" and registry.backend(env).task_env == "scienceworld"):
+        specs = registry.catalog(env, split, names)  # the env's registered catalog (ScienceWorld: ETO's split)
+    elif catalog == "package" and registry.backend(env).task_env == "scienceworld":
+        from eef_tasks.envs import scienceworld as sw
+
         specs = sw.package_catalog(split, tasks=tasks)
     else:
-        raise EnvError(f"unknown catalog {catalog!r}: 'eto' (ETO's split) or 'package'")
+        raise EnvError(f"unknown catalog {catalog!r} for {env}: 'eto' (ETO's split) or 'package' for "
+                       "ScienceWorld, 'registry' for any env's registered catalog")
     seen: set[str] = set()
     unique = [s for s in specs if not (s.task_id in seen or seen.add(s.task_id))]
     return unique[:limit] if limit is not None else unique
@@ -252,6 +254,8 @@ def collect_experts(
         raise EnvError(
             f"unknown expert {expert!r}; offline experts: {', '.join(EXPERTS)}, or {LLM_EXPERT!r}"
         )
+    if env != "scienceworld":
+        raise EnvError(f"offline experts exist only for ScienceWorld, not {env!r}")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     simplifications = simplifications if simplifications is not None else DEFAULT_SIMPLIFICATIONS

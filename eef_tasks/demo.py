@@ -13,7 +13,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from eef_tasks import selection, store, synthetic_store
+from eef_tasks import selection, store
+from eef_tasks.testing import synthetic_store
 
 DEMO_RUN = "synthetic-run-1"
 

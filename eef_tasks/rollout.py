@@ -39,7 +39,7 @@ from eef_tasks.engines import Engine, Generation, SamplingConfig, Session, episo
 from eef_tasks.engines.hf import HFEngine
 from eef_tasks.envs.base import EnvError, parse_task_id
 from eef_tasks.envs.pool import EnvPool, Episode, EpisodeResult, EpisodeView
-from eef_tasks.envs.scienceworld import find_task
+from eef_tasks.envs.registry import find_task
 from eef_tasks.experts import task_record
 from eef_tasks.records import StepRecord, TaskRecord, TrajectoryRecord, write_trajectories
 from eef_tasks.store import reader, writer
@@ -568,13 +568,10 @@ def _task_info(db: str | Path, task_ids: set[str]) -> dict[str, tuple[int | None
             ).fetchall())
     out: dict[str, tuple[int | None, TaskRecord | None]] = {}
     for task_id in task_ids:
-        env, _, _ = parse_task_id(task_id)
-        spec = None
-        if env == "scienceworld":
-            try:
-                spec = find_task(task_id)
-            except EnvError:
-                spec = None
+        try:  # the catalog of the task's env (eef_tasks.envs.registry)
+            spec = find_task(task_id)
+        except EnvError:
+            spec = None
         limit = stored.get(task_id) if task_id in stored else None
         if limit is None and spec is not None:
             limit = spec.max_steps

@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
 from eef_tasks import store
+from eef_tasks.envs import registry
 from eef_tasks.experts.llm import LLMExpertConfig
 
 
@@ -21,7 +22,7 @@ class CollectParams(BaseModel):
     """What to collect; shown as a form in the Prefect UI."""
 
     db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store")
-    env: Literal["scienceworld"] = "scienceworld"
+    env: registry.EnvName = Field("scienceworld", description="a registered environment (offline experts: scienceworld)")
     expert: Literal["gold", "synthetic", "llm"] = Field("gold", description="gold, synthetic or an LLM endpoint")
     split: list[Literal["train", "dev", "test"]] = Field(default_factory=lambda: ["train"])
     tasks: list[str] = Field(default_factory=list, description="task names, e.g. boil; empty = all")

@@ -34,10 +34,12 @@ from prefect.artifacts import (
     create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact,
 )
 from prefect.cache_policies import INPUTS, TASK_SOURCE
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from eef_tasks import pipeline, store
-from eef_tasks.pipeline import RunConfig
+from eef_tasks import pipeline, report, store
+from eef_tasks.envs import registry
+from eef_tasks.pipeline import RunConfig, presets
+from flows.collect import CollectParams, collect_flow
 
 CACHE = INPUTS + TASK_SOURCE
 
@@ -74,7 +76,7 @@ class CompareParams(BaseModel):
 
 class ExperimentParams(BaseModel):
     db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store")
-    preset: Literal["tiny", "demo", "paper"] = Field("demo", description="run settings to start from")
+    preset: str = Field("demo", description="run settings to start from: " + presets.describe())
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="runs are <name>-eef and <name>-rft")
     expert: Literal["synthetic", "gold", "none"] = Field(
         "synthetic", description="collect this expert's trajectories on the training tasks first (none: use the store's)")
@@ -82,6 +84,13 @@ class ExperimentParams(BaseModel):
     rft_samples: int = Field(1, ge=1, le=16, description="k of the RFT baseline (RFT×k)")
     overrides: dict = Field(default_factory=dict, description="RunConfig fields to change, e.g. {\"iterations\": 3}")
     out_dir: str = "data/reports"
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        if value not in presets.names():
+            raise ValueError(f"unknown preset {value!r}: one of {', '.join(presets.names())}")
+        return value
 
 
 # --- tasks ------------------------------------------------------------------------------------------
@@ -148,14 +157,15 @@ def evaluate(db: str, store_id: str, run_id: str, settings: str, iteration: int)
     return _run_phase(db, run_id, iteration, "evaluate")
 
 
+PHASE_TASKS = {"explore": explore, "simulate": simulate, "select": select, "train": train, "evaluate": evaluate}
+
+
 def publish_iteration(db: str, run_id: str, iteration: int, summaries: dict[str, dict]) -> None:
     """A table artifact per iteration and the run's markdown summary (stable keys)."""
     rows = [{"phase": phase, **{k: v for k, v in s.items() if not isinstance(v, (list, dict))}}
             for phase, s in summaries.items()]
     create_table_artifact(rows, key=_key(f"{run_id}-it{iteration}"),
                           description=f"run {run_id}, iteration {iteration}: what each phase did")
-    from eef_tasks import report
-
     df = report.comparison(db, [run_id])
     markdown = report.comparison_markdown(df)
     try:  # the win-rate plot so far (none yet when the run's only iteration reused another's BC)
@@ -184,14 +194,7 @@ def iteration_flow(params: IterationParams = IterationParams()) -> dict | None:
         print(f"run {run_id} has finished its {config.iterations} iterations: nothing to do")
         return None
     ids = (db, pipeline.store_id(db), run_id, pipeline.config_hash(config), iteration)
-    summaries: dict[str, dict] = {}
-    if iteration > 0:
-        summaries["explore"] = explore(*ids)
-        if config.n_sims > 0:
-            summaries["simulate"] = simulate(*ids)
-    summaries["select"] = select(*ids)
-    summaries["train"] = train(*ids)
-    summaries["evaluate"] = evaluate(*ids)
+    summaries = {phase: PHASE_TASKS[phase](*ids) for phase in pipeline.phases_of(iteration, config)}
     publish_iteration(db, run_id, iteration, summaries)
     ev = summaries["evaluate"]
     if ev.get("reused"):
@@ -239,8 +242,6 @@ def evaluate_flow(params: EvaluateParams = EvaluateParams()) -> dict:
 @flow(name="compare", log_prints=True)
 def compare_flow(params: CompareParams = CompareParams()) -> dict:
     """Methods × iterations: win rate, mean reward, examples by kind, need-recover states, simulations."""
-    from eef_tasks import report
-
     df = report.comparison(params.db, params.run_ids or None)
     out = Path(params.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -266,10 +267,11 @@ def experiment_flow(params: ExperimentParams = ExperimentParams()) -> dict:
     """Collect expert data, run EEF and RFT from one preset (sharing the BC adapter), compare them."""
     eef_config = pipeline.preset_config(params.preset, f"{params.name}-eef", "eef", **params.overrides)
     if params.expert != "none":
-        from flows.collect import CollectParams, collect_flow
-
+        # offline experts play the task env's own backend (a run on agentgym:sciworld learns from
+        # expert data collected in eef's ScienceWorld: the same task ids)
         collect_flow(CollectParams(
-            db=params.db, expert=params.expert, split=["train"], tasks=eef_config.task_names,
+            db=params.db, env=registry.backend(eef_config.task_env).name, expert=params.expert, split=["train"],
+            tasks=eef_config.task_names,
             task_ids=eef_config.train_tasks, limit=eef_config.train_limit,
             seeds=params.expert_seeds if params.expert == "synthetic" else [0], workers=min(eef_config.workers, 4),
         ))

@@ -10,11 +10,38 @@ that advances one run by one iteration per trigger ("rerun per iteration"), neve
 
 from __future__ import annotations
 
+import argparse
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
+import prefect
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.flows import EntrypointType
+from prefect.schedules import Cron, Interval
+from prefect.settings import get_current_settings
+
+from eef_tasks import store
 from eef_tasks.errors import UserError
+from flows.collect import CollectParams, collect_flow
+from flows.pipeline import (
+    CompareParams,
+    EvaluateParams,
+    ExperimentParams,
+    IterationParams,
+    RFTParams,
+    RunParams,
+    compare_flow,
+    eef_flow,
+    evaluate_flow,
+    experiment_flow,
+    iteration_flow,
+    rft_flow,
+)
+from flows.selection import select_flow
 
 DEPLOYMENT = "served"   # deployments are <flow name>/served
 TAGS = ["eef"]
@@ -32,9 +59,6 @@ def check_server(timeout: float = 5.0) -> Server:
     Without PREFECT_API_URL (environment or Prefect profile) Prefect would start a temporary
     in-process server that dies with this process and has no UI to open: useless for serving.
     """
-    import httpx
-    from prefect.settings import get_current_settings
-
     settings = get_current_settings()
     api_url = settings.api.url
     if not api_url:
@@ -56,8 +80,6 @@ def check_server(timeout: float = 5.0) -> Server:
 
 def schedule_of(interval: float | None = None, cron: str | None = None):
     """The iteration schedule: an `Interval` every `interval` seconds or a `Cron` (UTC), or None."""
-    from prefect.schedules import Cron, Interval
-
     if interval is not None and cron is not None:
         raise UserError("give either an interval or a cron expression, not both")
     if interval is not None:
@@ -84,15 +106,6 @@ def deployments(
     keep their own defaults otherwise. `iteration_run` is the run the `iteration` deployment
     advances by default; a schedule (`interval` seconds or `cron`) needs it.
     """
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-    from prefect.flows import EntrypointType
-
-    from flows.collect import CollectParams, collect_flow
-    from flows.pipeline import (
-        CompareParams, EvaluateParams, ExperimentParams, IterationParams, RFTParams, RunParams,
-        compare_flow, eef_flow, evaluate_flow, experiment_flow, iteration_flow, rft_flow,
-    )
-    from flows.selection import select_flow
 
     schedule = schedule_of(interval, cron)
     if schedule is not None and not iteration_run:
@@ -154,20 +167,40 @@ def serve(
     iteration_run: str | None = None,
     db: str | Path | None = None,
     limit: int | None = None,
+    say: Callable[[str], None] = print,
 ) -> None:
-    """Register the deployments and run what is triggered until interrupted (blocks).
+    """Register the deployments and run what is triggered until interrupted (blocks); `say`
+    gets the lines that tell the user where the server and its UI are and what is scheduled.
 
     On shutdown (Ctrl-C, SIGTERM) Prefect pauses the served schedules.
     """
-    import prefect
+    server = check_server()
+    built = deployments(interval, cron, iteration_run, db)
+    say(f"Prefect API: {server.api_url}")
+    if server.ui_url:
+        say(f"Prefect UI:  {server.ui_url} (Deployments: trigger a flow with Run > Custom run; "
+            "Runs: logs and artifacts)")
+    if interval is not None or cron is not None:
+        say(f"iteration/{DEPLOYMENT} advances run {iteration_run!r} of {Path(db or store.DEFAULT_DB).resolve()} "
+            f"{describe_schedule(interval, cron)}")
+    say("serving until Ctrl-C (schedules are paused on exit); flow runs execute in this process's children")
+    prefect.serve(*built, limit=limit)
 
-    check_server()
-    prefect.serve(*deployments(interval, cron, iteration_run, db), limit=limit)
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m flows.serve [--interval S | --cron EXPR] [--run RUN] [--db PATH] [--limit N]`."""
+    parser = argparse.ArgumentParser(prog="python -m flows.serve", description=serve.__doc__.splitlines()[0])
+    parser.add_argument("--interval", type=float)
+    parser.add_argument("--cron")
+    parser.add_argument("--run")
+    parser.add_argument("--db", default=str(store.DEFAULT_DB))
+    parser.add_argument("--limit", type=int)
+    args = parser.parse_args(argv)
+    try:
+        serve(args.interval, args.cron, args.run, args.db, args.limit)
+    except UserError as exc:
+        sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":
-    import sys
-
-    from eef_tasks.cli import app
-
-    app(["serve", *sys.argv[1:]])
+    main()

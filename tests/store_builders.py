@@ -18,8 +18,9 @@ from typing import NamedTuple
 import duckdb
 import polars as pl
 
-from eef_tasks import selection, selection_reference, store
-from eef_tasks.selection_reference import Traj
+from eef_tasks import selection, store
+from eef_tasks.testing import selection_reference
+from eef_tasks.testing.selection_reference import Traj
 from eef_tasks.records import StepRecord, TaskRecord, TrajectoryRecord, write_trajectories
 
 RUN = "run-1"

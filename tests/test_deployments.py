@@ -24,7 +24,8 @@ import httpx
 import pytest
 import yaml
 
-from eef_tasks import store, synthetic_store
+from eef_tasks import store
+from eef_tasks.testing import synthetic_store
 from eef_tasks.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]

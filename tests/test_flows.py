@@ -3,7 +3,8 @@
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from eef_tasks import selection, selection_reference, store, synthetic_store
+from eef_tasks import selection, store
+from eef_tasks.testing import selection_reference, synthetic_store
 from flows.selection import select_flow
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from eef_tasks import report, selection, store, synthetic_store
+from eef_tasks import report, selection, store
+from eef_tasks.testing import synthetic_store
 from store_builders import StoreBuilder
 
 EEF = shutil.which("eef", path=str(Path(sys.executable).parent)) or "eef"

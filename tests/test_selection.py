@@ -1,7 +1,7 @@
 """Worked examples and edge cases of METHOD.md's selection rules (`eef select`).
 
 Every test that selects goes through `select_checked`, which also asserts that the SQL path and
-the pure-Python reference (`eef_tasks.selection_reference`) return identical rows.
+the pure-Python reference (`eef_tasks.testing.selection_reference`) return identical rows.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from store_builders import (
     select_checked,
 )
 
-from eef_tasks import selection, selection_reference
+from eef_tasks import selection
+from eef_tasks.testing import selection_reference
 from eef_tasks.store import StoreError
 
 # --- helpers ------------------------------------------------------------------------------------

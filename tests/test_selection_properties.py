@@ -25,7 +25,8 @@ from store_builders import (
     reference_rows,
 )
 
-from eef_tasks import selection, selection_reference
+from eef_tasks import selection
+from eef_tasks.testing import selection_reference
 
 RUNS = ("runA", "runB")
 MAX_ITERATION = 3

@@ -7,9 +7,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from eef_tasks import selection, selection_reference, store
+from eef_tasks import selection, store
+from eef_tasks.testing import selection_reference
 from eef_tasks.store import StoreError
-from eef_tasks.synthetic_store import generate_store
+from eef_tasks.testing.synthetic_store import generate_store
 
 N_TASKS = 120
 N_RUNS = 2

@@ -27,7 +27,9 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
 
 from eef_tasks.envs.base import Env, EnvError, Split, TaskSpec
 
@@ -116,6 +118,18 @@ def backend(name: str) -> Backend:
     if f"{AGENTGYM_PREFIX}{name}" in BACKENDS:
         return BACKENDS[f"{AGENTGYM_PREFIX}{name}"]
     raise EnvError(f"unknown environment {name!r}; registered: {', '.join(BACKENDS)}")
+
+
+def checked_name(name: str) -> str:
+    """A registered backend's name (for settings validators: a ValueError otherwise)."""
+    try:
+        return backend(name).name
+    except EnvError as exc:
+        raise ValueError(str(exc)) from None
+
+
+# a settings field naming a registered environment (RunConfig.env, CollectParams.env)
+EnvName = Annotated[str, AfterValidator(checked_name)]
 
 
 def task_env(name: str) -> TaskEnv:

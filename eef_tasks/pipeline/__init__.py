@@ -14,7 +14,8 @@ scheduler can advance a run one iteration at a time from whatever the store hold
 
 The package, by concern:
 
-    settings.py   RunConfig, the settings that may change after registration
+    settings.py   RunConfig, the settings that may change after registration, preset_config
+    errors.py     PipelineError
     presets/      named recipes for RunConfig, one small file each (tiny, demo, paper)
     runs.py       the run registry (task sets resolved once) and phase bookkeeping (phases_of)
     phases.py     the phases themselves, run_phase, run_iteration
@@ -22,36 +23,30 @@ The package, by concern:
     process.py    one phase in a child process: `python -m eef_tasks.pipeline PHASE …`
 """
 
-from eef_tasks.pipeline.phases import PHASE_FUNCTIONS, run_iteration, run_phase
-from eef_tasks.pipeline.presets import preset_config
-from eef_tasks.pipeline.process import (
-    PROGRESS_PREFIX,
-    RESULT_PREFIX,
-    main,
-    run_phase_process,
-    set_torch_threads,
-)
-from eef_tasks.pipeline.runs import (
-    BC_PHASES,
-    MODEL_PHASES,
-    PHASES,
-    adapter_dir,
-    finished_phases,
-    load_run,
-    mark_phase,
-    next_iteration,
-    phases_of,
-    policy_adapter,
-    register_run,
-    require_earlier_phases,
-    store_id,
-)
-from eef_tasks.pipeline.settings import MUTABLE_SETTINGS, PipelineError, RunConfig, config_hash
-from eef_tasks.pipeline.slot import gpu_slot
+import importlib
+from typing import Any
 
-__all__ = [
-    "BC_PHASES", "MODEL_PHASES", "MUTABLE_SETTINGS", "PHASES", "PHASE_FUNCTIONS", "PROGRESS_PREFIX", "RESULT_PREFIX",
-    "PipelineError", "RunConfig", "adapter_dir", "config_hash", "finished_phases", "gpu_slot", "load_run", "main",
-    "mark_phase", "next_iteration", "phases_of", "policy_adapter", "preset_config", "register_run",
-    "require_earlier_phases", "run_iteration", "run_phase", "run_phase_process", "set_torch_threads", "store_id",
-]
+# The package's public names, each from the module that owns it. They load on first use (PEP 562),
+# so that `eef --help` and `eef select` (which list presets) do not load the phases' model stack.
+_HOMES = {
+    "settings": ("MUTABLE_SETTINGS", "RunConfig", "config_hash", "preset_config", "validation_message"),
+    "errors": ("PipelineError",),
+    "runs": ("BC_PHASES", "MODEL_PHASES", "PHASES", "adapter_dir", "finished_phases", "load_run", "mark_phase",
+             "next_iteration", "phases_of", "policy_adapter", "register_run", "require_earlier_phases", "store_id"),
+    "phases": ("PHASE_FUNCTIONS", "run_iteration", "run_phase"),
+    "slot": ("gpu_slot",),
+    "process": ("PROGRESS_PREFIX", "RESULT_PREFIX", "main", "run_phase_process", "set_torch_threads"),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+__all__ = sorted(_HOME_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOME_OF[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOME_OF])

@@ -34,7 +34,8 @@ from eef_tasks.pipeline.runs import (
     policy_adapter,
     require_earlier_phases,
 )
-from eef_tasks.pipeline.settings import PipelineError, RunConfig
+from eef_tasks.pipeline.errors import PipelineError
+from eef_tasks.pipeline.settings import RunConfig
 from eef_tasks.pipeline.slot import gpu_slot
 from eef_tasks.training import read_train_record, train_adapter
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from eef_tasks.errors import UserError
 from eef_tasks.pipeline.phases import run_phase
 from eef_tasks.pipeline.runs import PHASES
-from eef_tasks.pipeline.settings import PipelineError
+from eef_tasks.pipeline.errors import PipelineError
 
 PROGRESS_PREFIX = "@@progress "
 RESULT_PREFIX = "@@result "

@@ -12,7 +12,8 @@ from typing import Any
 from eef_tasks import store
 from eef_tasks.envs import registry
 from eef_tasks.envs.base import EnvError
-from eef_tasks.pipeline.settings import MUTABLE_SETTINGS, PipelineError, RunConfig
+from eef_tasks.pipeline.errors import PipelineError
+from eef_tasks.pipeline.settings import MUTABLE_SETTINGS, RunConfig
 from eef_tasks.training import default_adapter_dir
 
 PHASES = ("explore", "simulate", "select", "train", "evaluate")

@@ -1,25 +1,21 @@
-"""A run's settings (`RunConfig`): everything that defines one experiment, and which of it may
-change after the run is registered (`MUTABLE_SETTINGS`)."""
+"""A run's settings (`RunConfig`): everything that defines one experiment, which of it may change
+after the run is registered (`MUTABLE_SETTINGS`), and a preset's settings as a RunConfig."""
 
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from eef_tasks.envs import registry
-from eef_tasks.envs.base import EnvError
-from eef_tasks.errors import UserError
+from eef_tasks.pipeline import presets
+from eef_tasks.pipeline.errors import PipelineError
 from eef_tasks.training import TrainConfig
 
 # settings that may change between invocations of a registered run; every other setting is fixed
 MUTABLE_SETTINGS = frozenset({"iterations", "workers", "engine", "vllm_url", "served_model", "max_failed_fraction",
                               "env_url"})
-
-
-class PipelineError(UserError):
-    """A phase cannot run or did not finish; the message says why and what to do."""
 
 
 class RunConfig(BaseModel):
@@ -33,7 +29,7 @@ class RunConfig(BaseModel):
     n_sims: int = Field(5, ge=0, le=50, description="M: simulations per failed expert trajectory (rft: 0)")
     samples: int = Field(1, ge=1, le=16, description="k: rollouts per training task and iteration (RFT×k)")
     iterations: int = Field(4, ge=0, le=50, description="I: iterations after behaviour cloning")
-    env: str = Field("scienceworld", description="a registered environment: scienceworld, agentgym:<env>, …")
+    env: registry.EnvName = Field("scienceworld", description="a registered environment: scienceworld, agentgym:<env>, …")
     env_url: str | None = Field(None, description="server of an environment that has one (agentgym:*; "
                                                   "default $EEF_AGENTGYM_<ENV>_URL, then $EEF_AGENTGYM_URL)")
     task_names: list[str] = Field(default_factory=list, description="restrict to these task names, e.g. find-plant; empty = all")
@@ -58,14 +54,6 @@ class RunConfig(BaseModel):
     adapters_dir: str = Field("data/adapters", description="adapters go to <adapters_dir>/<run>/<method>-it<i>")
     max_failed_fraction: float = Field(0.05, ge=0, le=1, description="episodes that may fail (crashed game) before a phase fails")
 
-    @field_validator("env")
-    @classmethod
-    def _registered_env(cls, value: str) -> str:
-        try:
-            return registry.backend(value).name
-        except EnvError as exc:
-            raise ValueError(str(exc)) from None
-
     @model_validator(mode="after")
     def _method_and_m(self) -> RunConfig:
         if self.method == "rft" and self.n_sims != 0:
@@ -84,6 +72,17 @@ def validation_message(exc: ValidationError) -> str:
     problem = exc.errors()[0]
     where = ".".join(str(part) for part in problem["loc"]) or "settings"
     return f"run settings, {where}: {problem['msg']}"
+
+
+def preset_config(preset: str, run_id: str, method: str = "eef", **overrides: Any) -> RunConfig:
+    """The RunConfig of a preset for run `run_id` (rft: M = 0), with `overrides` applied."""
+    values = {**presets.settings_of(preset), "run_id": run_id, "method": method, **overrides}
+    if method == "rft":
+        values["n_sims"] = 0
+    try:
+        return RunConfig(**values)
+    except ValidationError as exc:
+        raise PipelineError(validation_message(exc)) from None
 
 
 def config_hash(config: RunConfig) -> str:

@@ -3,12 +3,10 @@
     eef run --preset demo --db data/demo.duckdb
 """
 
-from eef_tasks.training import TrainConfig
-
 SETTINGS = dict(
     iterations=2, n_sims=2,
     task_names=["lifespan-longest-lived", "lifespan-shortest-lived", "lifespan-longest-lived-then-shortest-lived"],
     train_limit=5, eval_limit=3,
-    train=TrainConfig(epochs=3, batch_size=4, micro_batch=4, max_length=1024, learning_rate=5e-4).model_dump(),
+    train=dict(epochs=3, batch_size=4, micro_batch=4, max_length=1024, learning_rate=5e-4),
     max_new_tokens=24, max_steps=7, workers=4,
 )

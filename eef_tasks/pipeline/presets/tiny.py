@@ -3,10 +3,8 @@
     eef run --preset tiny --db data/tiny.duckdb
 """
 
-from eef_tasks.training import TrainConfig
-
 SETTINGS = dict(
     iterations=1, n_sims=1, task_names=["lifespan-longest-lived"], train_limit=2, eval_limit=1,
-    train=TrainConfig(epochs=1, batch_size=4, micro_batch=4, max_length=1024, learning_rate=5e-4).model_dump(),
+    train=dict(epochs=1, batch_size=4, micro_batch=4, max_length=1024, learning_rate=5e-4),
     max_new_tokens=24, max_steps=4, workers=2,
 )
