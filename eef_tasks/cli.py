@@ -476,12 +476,13 @@ def run_cmd(
     """The whole method end to end (Prefect flow `experiment`): expert data, EEF, RFT, comparison."""
     from flows.pipeline import ExperimentParams, experiment_flow  # Prefect loads only for the flow commands
 
+    from eef_tasks.pipeline import preset_config
+
     if expert not in ("synthetic", "gold", "none"):
         raise store.StoreError("--expert must be synthetic, gold or none")
-    if preset not in presets.names():
-        raise store.StoreError(f"unknown preset {preset!r}: one of {', '.join(presets.names())}")
     overrides = _overrides(settings)
     overrides.update({key: value for key, value in (("env", env), ("env_url", env_url)) if value is not None})
+    preset_config(preset, f"{name}-eef", "eef", **overrides)  # bad settings: one line, before Prefect starts
     params = ExperimentParams(db=str(db), preset=preset, name=name, expert=expert,
                               rft_samples=rft_samples, overrides=overrides, out_dir=str(out_dir))
     result = experiment_flow(params)

@@ -71,7 +71,7 @@ class RunConfig(BaseModel):
 def validation_message(exc: ValidationError) -> str:
     problem = exc.errors()[0]
     where = ".".join(str(part) for part in problem["loc"]) or "settings"
-    return f"run settings, {where}: {problem['msg']}"
+    return f"run settings, {where}: {problem['msg'].removeprefix('Value error, ')}"
 
 
 def preset_config(preset: str, run_id: str, method: str = "eef", **overrides: Any) -> RunConfig:

@@ -26,7 +26,8 @@ def names() -> list[str]:
 
 def describe() -> str:
     """'name: description' of every preset, for help texts."""
-    return "; ".join(f"{name}: {(module.__doc__ or '').strip().splitlines()[0]}" for name, module in presets().items())
+    return "; ".join(f"{name}: {(module.__doc__ or '').strip().splitlines()[0].rstrip('.')}"
+                     for name, module in presets().items())
 
 
 def settings_of(preset: str) -> dict[str, Any]:
