@@ -229,7 +229,7 @@ def export_cmd(
     split: Annotated[str | None, typer.Option("--split", help="train, dev or test")] = None,
 ) -> None:
     """Export trajectories with their steps as eef JSONL (re-importable with `eef import`)."""
-    from eef_tasks import trajectory_io
+    from eef_tasks import trajectory_io  # polars loads only for the commands that use it
 
     with store.reader(db) as con:
         if str(path) == "-":
@@ -292,9 +292,9 @@ def collect(
 
 
 def _llm_config(settings: dict):
-    from pydantic import ValidationError
+    from pydantic import ValidationError  # with the LLM expert's settings, only for --expert llm
 
-    from eef_tasks.experts.llm import LLMExpertConfig
+    from eef_tasks.experts.llm import LLMExpertConfig  # httpx loads only for --expert llm
 
     try:
         return LLMExpertConfig.model_validate(settings)
@@ -336,7 +336,7 @@ def train(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing adapter")] = False,
 ) -> None:
     """Train a fresh LoRA adapter on one run/iteration/method's training_examples (loss on actions only)."""
-    from eef_tasks import training
+    from eef_tasks import training  # the model stack loads only for the model commands
 
     given = {"epochs": epochs, "learning_rate": lr, "batch_size": batch_size, "micro_batch": micro_batch,
              "max_length": max_length, "max_steps": max_steps, "seed": seed}
@@ -387,7 +387,7 @@ def rollout(
     env_url: Annotated[str | None, typer.Option("--env-url", help="its server, for environments that have one (agentgym:*)")] = None,
 ) -> None:
     """Run the policy in the environment and store every trajectory (resumable)."""
-    from eef_tasks import rollout as rollouts
+    from eef_tasks import rollout as rollouts  # the model stack loads only for the model commands
     from eef_tasks.engines import SamplingConfig
     from eef_tasks.pipeline import set_torch_threads
 
@@ -404,7 +404,7 @@ def rollout(
         episodes = rollouts.explore_episodes(task_ids[:limit] if limit else task_ids, samples)
     engine = None
     if engine_kind is RolloutEngine.vllm:
-        from eef_tasks.engines.vllm import VLLMEngine
+        from eef_tasks.engines.vllm import VLLMEngine  # only --engine vllm needs the HTTP client
 
         if base_model:
             raise UserError("--base-model is for --engine hf; with --engine vllm name the server's model "
@@ -441,7 +441,7 @@ def demo_selection(
 ) -> None:
     """Selection only: generate a synthetic store, select BC, EEF and RFT sets for every iteration, compare them
     (no model, no game; `make demo` runs the real method)."""
-    from eef_tasks import demo as demo_module
+    from eef_tasks import demo as demo_module  # polars and the synthetic store, only for this command
 
     demo_module.run(db, n_tasks=n_tasks, iterations=iterations, seed=seed, console=out)
 
@@ -476,7 +476,7 @@ def run_cmd(
     """The whole method end to end (Prefect flow `experiment`): expert data, EEF, RFT, comparison."""
     from flows.pipeline import ExperimentParams, experiment_flow  # Prefect loads only for the flow commands
 
-    from eef_tasks.pipeline import preset_config
+    from eef_tasks.pipeline import preset_config  # RunConfig (pydantic, training settings), only for `eef run`
 
     if expert not in ("synthetic", "gold", "none"):
         raise store.StoreError("--expert must be synthetic, gold or none")
@@ -533,9 +533,9 @@ def evaluate(
 
 def _print_comparison(frame, title: str) -> None:
     """The run_comparison rows as a table, then each run's best dev iteration."""
-    from rich.table import Table
+    from rich.table import Table  # only the table-printing commands need it
 
-    from eef_tasks import report
+    from eef_tasks import report  # polars loads only for the commands that use it
 
     headers, rows = report.display_rows(frame)
     table = Table(title=title)
@@ -565,7 +565,7 @@ def compare(
     fmt: Annotated[CompareFormat, typer.Option("--format")] = CompareFormat.table,
 ) -> None:
     """Compare runs (methods x iterations): training sets, rollouts spent, eval win rate and reward."""
-    from eef_tasks import report
+    from eef_tasks import report  # polars loads only for the commands that use it
 
     if plot is not None:
         report.check_plot_path(plot)

@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
 from eef_tasks import store
+from eef_tasks.collect import collect_experts
 from eef_tasks.envs import registry
 from eef_tasks.experts.llm import LLMExpertConfig
 
@@ -38,8 +39,6 @@ class CollectParams(BaseModel):
 @task(name="collect-expert-trajectories")
 def collect_trajectories(params: CollectParams) -> dict:
     """Thin wrapper over eef_tasks.collect.collect_experts; returns the summary's counts."""
-    from eef_tasks.collect import collect_experts
-
     summary = collect_experts(
         params.db, params.env, params.expert,
         task_ids=params.task_ids or None, split=None if params.task_ids else params.split,

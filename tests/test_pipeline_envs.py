@@ -89,7 +89,8 @@ def sciworld_server(tmp_path):
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
-        url = wait_for_server(f"http://127.0.0.1:{port}", 60)
+        url = f"http://127.0.0.1:{port}"
+        wait_for_server(url, 60)
         yield url, log
     finally:
         proc.terminate()
