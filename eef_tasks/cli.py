@@ -477,6 +477,7 @@ def run_cmd(
     from flows.pipeline import ExperimentParams, experiment_flow  # Prefect loads only for the flow commands
 
     from eef_tasks.pipeline import preset_config  # RunConfig (pydantic, training settings), only for `eef run`
+    from eef_tasks import report  # polars loads only for the commands that use it
 
     if expert not in ("synthetic", "gold", "none"):
         raise store.StoreError("--expert must be synthetic, gold or none")
