@@ -139,8 +139,8 @@ def comparison_markdown(df: pl.DataFrame) -> str:
         lines.append("\n_No runs to compare._")
         return "\n".join(lines) + "\n"
     lines.append("")
-    lines.append("Win rates in % (share of tasks with reward 1); eval split is dev when the "
-                 "iteration was evaluated on dev, else test.")
+    lines.append("Win rates in % (share of tasks with reward 1, a task's samples averaged first: view "
+                 "win_rates); eval split is dev when the iteration was evaluated on dev, else test.")
     lines.append("")
     lines += [f"- {_md_cell(line)}" for line in best_iteration_lines(df)]
     return "\n".join(lines) + "\n"
