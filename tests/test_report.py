@@ -343,3 +343,39 @@ def test_cli_compare_errors_are_one_line(two_runs, tmp_path):
     assert proc.returncode == 1 and "nothing to compare" in proc.stderr
     proc = eef("compare", "--db", tmp_path / "missing.duckdb", check=False)
     assert proc.returncode == 1 and "eef init" in proc.stderr
+
+
+def test_old_store_runs_get_their_method_from_migration_0004(tmp_path):
+    """A store made before runs.method: 0004 fills the column the way view 80 used to guess it,
+    and the view reads the column (no guess left in it)."""
+    db = tmp_path / "old.duckdb"
+    with store.writer(db) as con:
+        b = StoreBuilder(con)
+        b.task("t1")
+        con.execute("ALTER TABLE runs DROP COLUMN method")  # the schema before 0004
+        con.execute("DELETE FROM schema_migrations WHERE version = 4")
+        register(con, "top", 2, {"method": "RFT"})
+        register(con, "nested", 3, {"config": {"method": "eef"}})
+        register(con, "selected", 4)
+        register(con, "m0", 0)
+        register(con, "m5", 5)
+        b.rollout("s/1/t1", "t1", 1, True, run_id="selected")
+        con.execute("INSERT INTO training_examples (run_id, iteration, method, traj_id, loss_from_step, state_kind, "
+                    "state_step, task_id) VALUES ('selected', 1, 'rft', 's/1/t1', 0, 'initial', 0, 't1')")
+    con = store.connect(db)
+    try:
+        assert "0004_runs_method.sql" in store.migrate(con)
+        methods = dict(con.execute("SELECT run_id, method FROM runs").fetchall())
+    finally:
+        con.close()
+    assert methods == {"top": "rft", "nested": "eef", "selected": "rft", "m0": "rft", "m5": "eef"}
+    assert "->>" not in store.read_sql("views/80_run_comparison")  # no method read from runs.config
+    assert report.comparison(db, ["selected"]).select("run_id", "method").rows() == [("selected", "rft")]
+
+
+def test_win_rates_weigh_each_task_the_same(two_runs):
+    with store.reader(two_runs) as con:
+        row = con.execute("""SELECT n_trajectories, n_tasks, n_success, win_rate, mean_reward FROM win_rates
+                             WHERE run_id = 'eef-run' AND iteration = 1 AND purpose = 'eval' AND split = 'dev'""").fetchall()
+    # d1: two samples, one won (0.5); d2: one sample, won (1.0) -> 0.75, not 2/3 per trajectory
+    assert row == [(3, 2, 2, 0.75, 0.8125)]
