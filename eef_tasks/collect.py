@@ -34,7 +34,7 @@ from typing import Any
 from eef_tasks.envs import registry
 from eef_tasks.envs.base import EnvError, Split, TaskSpec
 from eef_tasks.envs.pool import EnvPool
-from eef_tasks.envs.scienceworld import DEFAULT_SIMPLIFICATIONS, SCIENCEWORLD_VERSION
+from eef_tasks.envs.scienceworld import DEFAULT_SIMPLIFICATIONS, SCIENCEWORLD_VERSION, package_catalog
 from eef_tasks.experts import (
     EXPERTS,
     GOLD_EXPERT,
@@ -127,9 +127,7 @@ def select_tasks(
     elif catalog == "registry" or (catalog == "eto" and registry.backend(env).task_env == "scienceworld"):
         specs = registry.catalog(env, split, names)  # the env's registered catalog (ScienceWorld: ETO's split)
     elif catalog == "package" and registry.backend(env).task_env == "scienceworld":
-        from eef_tasks.envs import scienceworld as sw
-
-        specs = sw.package_catalog(split, tasks=tasks)
+        specs = package_catalog(split, tasks=tasks)
     else:
         raise EnvError(f"unknown catalog {catalog!r} for {env}: 'eto' (ETO's split) or 'package' for "
                        "ScienceWorld, 'registry' for any env's registered catalog")
