@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import sys
 from enum import Enum
@@ -19,9 +20,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from eef_tasks import chat, selection, store
+from eef_tasks import adhoc_sql, chat, selection, store
+from eef_tasks.credentials import LLM_KEY_HINT, VLLM_KEY_HINT, refuse_url_credentials
 from eef_tasks.envs import registry
 from eef_tasks.errors import UserError
+from eef_tasks.output import json_text, output_file, terminal_text
 from eef_tasks.pipeline import presets
 
 app = typer.Typer(
@@ -45,11 +48,18 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except UserError as exc:
-            err.print(f"[red]error:[/red] {escape(str(exc))}")
+            err.print(f"[red]error:[/red] {escape(terminal_text(str(exc)))}")
             raise typer.Exit(1) from None
         except duckdb.Error as exc:
-            err.print(f"[red]DuckDB error:[/red] {escape(str(exc))}")
+            # DuckDB adds lines (the query, a caret) to parser errors: the first says what is wrong
+            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            err.print(f"[red]DuckDB error:[/red] {escape(terminal_text(first))}")
             raise typer.Exit(1) from None
+        except BrokenPipeError:
+            # the reader (`| head`) has what it wanted: stop quietly and successfully, and point
+            # stdout at /dev/null so that the interpreter's final flush does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
 
     return wrapper
 
@@ -115,19 +125,21 @@ def example(
     with store.reader(db) as con:
         turns = chat.load_chat(con, traj, from_step)
     if fmt is ExampleFormat.json:
-        out.print_json(json.dumps(chat.chat_as_dicts(turns)))
+        out.print_json(json_text(chat.chat_as_dicts(turns)))
         return
     n_supervised = sum(t.supervised for t in turns)
-    out.print(f"[bold]{escape(traj)}[/bold]: loss on steps >= {from_step} "
+    # model output is shown, never interpreted: its control characters are made visible
+    out.print(f"[bold]{escape(terminal_text(traj))}[/bold]: loss on steps >= {from_step} "
               f"({n_supervised} supervised assistant turns, marked [green]>>[/green])")
     for turn in turns:
         where = f" step {turn.step}" if turn.step is not None else ""
         if turn.supervised:
             out.print(f"[bold green]>> {turn.role}{where} [SUPERVISED][/bold green]")
-            out.print("\n".join(f"[green]>>[/green] {escape(line)}" for line in turn.content.splitlines()))
+            out.print("\n".join(f"[green]>>[/green] {escape(terminal_text(line))}"
+                                 for line in turn.content.split("\n")))
         else:
             out.print(f"[dim]-- {turn.role}{where} (context)[/dim]")
-            out.print(escape(turn.content))
+            out.print(escape(terminal_text(turn.content)))
 
 
 class SqlFormat(str, Enum):
@@ -136,41 +148,24 @@ class SqlFormat(str, Enum):
     json = "json"
 
 
-READ_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "CALL"}
-
-
 @app.command("sql")
 @user_errors
 def sql_cmd(
     query: Annotated[str, typer.Argument(help="one or more read-only SQL statements")],
     db: DbOption = store.DEFAULT_DB,
     fmt: Annotated[SqlFormat, typer.Option("--format")] = SqlFormat.table,
-    max_rows: Annotated[int, typer.Option("--max-rows", help="rows shown by --format table")] = 100,
+    max_rows: Annotated[int | None, typer.Option(
+        "--max-rows", help="rows per statement, any format (0: columns only) [default: table 100, csv/json 1000000]")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="stop a query after this many seconds (0: never)")] = 60.0,
     wait: Annotated[float, typer.Option("--wait", help="seconds to wait for a writer's lock")] = store.LOCK_WAIT_S,
 ) -> None:
-    """Run read-only ad-hoc SQL over the store (writes are refused)."""
-    with store.reader(db, wait_s=wait) as con:
-        statements = con.extract_statements(query)
-        for statement in statements:
-            kind = statement.type.name
-            if kind not in READ_STATEMENTS:
-                raise store.StoreError(
-                    f"eef sql is read-only: {kind} statements are refused "
-                    "(the pipeline's commands write the store)"
-                )
-        # no file reads/writes or ATTACH from ad-hoc SQL, and no way to switch that back on
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-        for statement in statements:
-            relation = con.sql(statement.query)
-            if relation is None:
-                continue
-            if fmt is SqlFormat.table:
-                relation.show(max_rows=max_rows, max_width=shutil.get_terminal_size((160, 24)).columns)
-            elif fmt is SqlFormat.csv:
-                sys.stdout.write(relation.pl().write_csv())
-            else:
-                sys.stdout.write(json.dumps(relation.pl().to_dicts(), default=str, indent=1) + "\n")
+    """Run read-only ad-hoc SQL over the store (writes are refused), results streamed and bounded."""
+    if max_rows is None:
+        max_rows = 100 if fmt is SqlFormat.table else 1_000_000
+    notes = adhoc_sql.run_query(db, query, sys.stdout, fmt=fmt.value, max_rows=max_rows,
+                                timeout_s=timeout, wait_s=wait)
+    for note in notes:
+        err.print(escape(note))
 
 
 class ImportFormat(str, Enum):
@@ -195,7 +190,7 @@ def import_cmd(
     from eef_tasks import trajectory_io  # polars and pydantic load only for the commands that use them
 
     if fmt is ImportFormat.auto:
-        fmt = ImportFormat.conversations if _looks_like_conversations(path) else ImportFormat.eef
+        fmt = ImportFormat(trajectory_io.detect_format(path))
     if fmt is ImportFormat.conversations:
         if env is None:
             raise store.StoreError("--env is required for conversation-format files (e.g. --env webshop)")
@@ -212,12 +207,6 @@ def import_cmd(
     )
 
 
-def _looks_like_conversations(path: Path) -> bool:
-    with path.open() as handle:
-        head = handle.read(4096)
-    return '"conversations"' in head
-
-
 @app.command("export")
 @user_errors
 def export_cmd(
@@ -227,18 +216,20 @@ def export_cmd(
     source: Annotated[str | None, typer.Option("--source", help="expert or policy")] = None,
     purpose: Annotated[str | None, typer.Option("--purpose", help="expert, explore, simulate or eval")] = None,
     split: Annotated[str | None, typer.Option("--split", help="train, dev or test")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing output file")] = False,
 ) -> None:
     """Export trajectories with their steps as eef JSONL (re-importable with `eef import`)."""
     from eef_tasks import trajectory_io  # polars loads only for the commands that use it
 
-    with store.reader(db) as con:
-        if str(path) == "-":
-            n = trajectory_io.export_jsonl(con, sys.stdout, run_id=run, source=source, purpose=purpose, split=split)
-        else:
-            tmp = path.with_name(path.name + ".partial")
-            with tmp.open("w") as handle:
-                n = trajectory_io.export_jsonl(con, handle, run_id=run, source=source, purpose=purpose, split=split)
-            tmp.replace(path)  # a crashed export never leaves a truncated file under the real name
+    filters = dict(run_id=run, source=source, purpose=purpose, split=split)
+    if str(path) == "-":
+        with store.reader(db) as con:
+            n = trajectory_io.export_jsonl(con, sys.stdout, **filters)
+    else:
+        # the file appears whole or not at all, and never over the store or its write-ahead log
+        with output_file(path, force=force, protected=(db, db.with_name(db.name + ".wal"))) as handle, \
+                store.reader(db) as con:
+            n = trajectory_io.export_jsonl(con, handle, **filters)
     err.print(f"exported {n} trajectories")
 
 
@@ -286,22 +277,33 @@ def collect(
         out.print(f"tokens: {summary.prompt_tokens} prompt + {summary.completion_tokens} completion "
                   f"(${summary.cost_usd:.4f})")
     for traj_id, why in summary.errors:
-        err.print(f"[red]failed:[/red] {escape(traj_id)}: {escape(why)}")
+        err.print(f"[red]failed:[/red] {escape(terminal_text(traj_id))}: {escape(terminal_text(why))}")
     if summary.errors:
         raise typer.Exit(1)
 
 
 def _llm_config(settings: dict):
-    from pydantic import ValidationError  # with the LLM expert's settings, only for --expert llm
-
     from eef_tasks.experts.llm import LLMExpertConfig  # httpx loads only for --expert llm
 
+    config = _validated(LLMExpertConfig, settings, "LLM expert settings")
+    # a command line ends up in shell history and process lists: no credentials in the URL
+    _validated(lambda url: refuse_url_credentials(url, "base_url", LLM_KEY_HINT), config.base_url, "--base-url")
+    return config
+
+
+def _validated(model, data, what: str):
+    """`model.model_validate(data)` (or `model(data)`), its first problem as one UserError line."""
+    from pydantic import ValidationError  # with the settings models, only for the commands that have them
+
     try:
-        return LLMExpertConfig.model_validate(settings)
+        return model.model_validate(data) if hasattr(model, "model_validate") else model(data)
     except ValidationError as exc:
         problem = exc.errors()[0]
         where = ".".join(str(part) for part in problem["loc"]) or "settings"
-        raise store.StoreError(f"LLM expert settings, {where}: {problem['msg']}") from None
+        message = problem["msg"].removeprefix("Value error, ")
+        raise UserError(f"{what}, {where}: {message}") from None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _json_settings(value: str | None) -> dict:
@@ -380,7 +382,7 @@ def rollout(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 128,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     engine_kind: Annotated[RolloutEngine, typer.Option("--engine", help="hf: the model in this process; vllm: a vLLM server (docs/vllm.md)")] = RolloutEngine.hf,
-    vllm_url: Annotated[str | None, typer.Option("--vllm-url", envvar="EEF_VLLM_URL", help="vllm: the server's OpenAI URL, e.g. http://localhost:8000/v1")] = None,
+    vllm_url: Annotated[str | None, typer.Option("--vllm-url", help="vllm: the server's OpenAI URL, e.g. http://localhost:8000/v1 (default $EEF_VLLM_URL)")] = None,
     served_model: Annotated[str | None, typer.Option("--served-model", help="vllm: the base model's name on the server (default: the one it serves)")] = None,
     adapter_path_on_server: Annotated[str | None, typer.Option("--adapter-path-on-server", help="vllm: the adapter folder as the server sees it (default: the local absolute path)")] = None,
     env: Annotated[str, typer.Option("--env", help="a registered environment: " + ", ".join(registry.BACKENDS))] = "scienceworld",
@@ -391,6 +393,8 @@ def rollout(
     from eef_tasks.engines import SamplingConfig
     from eef_tasks.pipeline import set_torch_threads
 
+    if vllm_url is not None:  # before any work: a command line lands in shell history and `ps`
+        _validated(lambda url: refuse_url_credentials(url, "--vllm-url", VLLM_KEY_HINT), vllm_url, "--vllm-url")
     set_torch_threads("rollout")
 
     if purpose is RolloutPurpose.simulate:
@@ -426,7 +430,7 @@ def rollout(
         f"({summary.successes} successes), {len(summary.errors)} failed"
     )
     for key, why in summary.errors:
-        err.print(f"[red]failed:[/red] {escape(str(key))}: {escape(str(why))}")
+        err.print(f"[red]failed:[/red] {escape(terminal_text(str(key)))}: {escape(terminal_text(str(why)))}")
     if summary.errors:
         raise typer.Exit(1)
 
@@ -484,8 +488,9 @@ def run_cmd(
     overrides = _overrides(settings)
     overrides.update({key: value for key, value in (("env", env), ("env_url", env_url)) if value is not None})
     preset_config(preset, f"{name}-eef", "eef", **overrides)  # bad settings: one line, before Prefect starts
-    params = ExperimentParams(db=str(db), preset=preset, name=name, expert=expert,
-                              rft_samples=rft_samples, overrides=overrides, out_dir=str(out_dir))
+    params = _validated(ExperimentParams, dict(
+        db=str(db), preset=preset, name=name, expert=expert, rft_samples=rft_samples,
+        overrides=overrides, out_dir=str(out_dir)), "run settings")
     result = experiment_flow(params)
     _print_comparison(report.comparison(db, [f"{name}-eef", f"{name}-rft"]),
                       f"EEF vs RFT ({preset} preset; win rates in %)")
@@ -527,7 +532,7 @@ def evaluate(
         f"{', ' + str(len(result.errors)) + ' failed' if result.errors else ''})"
     )
     for key, why in result.errors:
-        err.print(f"[red]failed:[/red] {escape(str(key))}: {escape(str(why))}")
+        err.print(f"[red]failed:[/red] {escape(terminal_text(str(key)))}: {escape(terminal_text(str(why)))}")
     if result.errors:
         raise typer.Exit(1)
 
@@ -576,7 +581,7 @@ def compare(
     if fmt is CompareFormat.csv:
         sys.stdout.write(frame.write_csv())
     elif fmt is CompareFormat.json:
-        sys.stdout.write(json.dumps(frame.to_dicts(), default=str, indent=1) + "\n")
+        sys.stdout.write(json_text(frame.to_dicts(), indent=1) + "\n")
     else:
         _print_comparison(frame, "Runs by iteration (win rates in %; eval split: dev, else test)")
     if plot is not None:

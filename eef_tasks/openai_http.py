@@ -2,12 +2,14 @@
 
 It owns what every request to such a server needs, so that no caller re-derives it:
 
-- **URLs**: credentials written into the base URL (user:password) become Basic auth — unless the
-  API key takes the Authorization header — and are never part of a URL that is logged or raised.
+- **URLs**: credentials written into the base URL (user:password) become Basic auth and are never
+  part of a URL that is logged or raised; with an API key that takes the Authorization header too,
+  they are refused (`credentials.check_auth_conflict`), never a silently unsent key.
 - **The API key** goes only into a request header (`Authorization: Bearer KEY`, or the bare key in
-  another header, e.g. Azure's `api-key`). The key, URL credentials and query parameters that look
-  like credentials are scrubbed (`***`) from error messages, from server answers echoed into them
-  and from the request lines httpx logs.
+  another header, e.g. Azure's `api-key`), stripped and checked by `credentials.clean_key`. Every
+  form of the key, the URL credentials and query parameters that look like credentials is masked
+  (`***`, `credentials.Scrubber`) in error messages, in server answers echoed into them and in the
+  records httpx and httpcore log.
 - **Retries**: connection errors, timeouts and the statuses in `retry_status` (429, 408, 5xx, …)
   are retried with exponential backoff (jittered, capped at `max_backoff_s`), honouring
   `retry-after-ms` (OpenAI) and `Retry-After` (seconds or an HTTP date); when the tries are spent
@@ -22,34 +24,21 @@ from __future__ import annotations
 import email.utils
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+
+from eef_tasks.credentials import LogMask, Scrubber, check_auth_conflict, clean_key, redact_url
 
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
-_SECRET_PARAM = re.compile(r"key|token|secret|sig|password|auth", re.IGNORECASE)
-_HTTP_LOGGERS = ("httpx", "httpcore")
-
-
-def redact_url(url: str) -> str:
-    """`url` without user:password and without query parameters that look like credentials."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                       if not _SECRET_PARAM.search(k)])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def retry_after(headers: httpx.Headers) -> float | None:
@@ -137,15 +126,12 @@ class OpenAIHTTP:
         """`label` names the server in messages (default: its redacted URL), `hint` says what to
         check once the retries are spent; `keep_query=False` drops the base URL's query string."""
         parts = urlsplit(base_url)
-        self._key = api_key or None
+        # callers clean the key where they read it (naming its source); again here for direct use
+        self._key = clean_key(api_key, "api_key")
         self._key_header = api_key_header
-        query_secrets = [v for k, v in parse_qsl(parts.query) if _SECRET_PARAM.search(k)]
-        self._secrets = [
-            s for s in (self._key, parts.password, parts.username, *query_secrets) if s and len(s) >= 4
-        ]
-        key_takes_auth = self._key is not None and api_key_header.lower() == "authorization"
-        auth = httpx.BasicAuth(parts.username or "", parts.password or "") \
-            if parts.username and not key_takes_auth else None
+        check_auth_conflict(base_url, self._key, api_key_header)
+        self.scrub = Scrubber.for_client(base_url, self._key)
+        auth = httpx.BasicAuth(parts.username or "", parts.password or "") if parts.username else None
         self._scheme, self._netloc = parts.scheme, parts.netloc.rsplit("@", 1)[-1]
         self._path, self._query = parts.path.rstrip("/"), parts.query if keep_query else ""
         self.base_url = self.url("")
@@ -161,11 +147,7 @@ class OpenAIHTTP:
         self._http = httpx.Client(timeout=timeout_s, auth=auth, transport=transport, limits=limits)
         self._lock = threading.Lock()
         self.retries = 0  # transient failures retried so far
-        # httpx logs every request URL (at INFO): keep credentials given in the URL out of the logs
-        self._log_filter = _ScrubFilter(self.scrub) if self._secrets else None
-        if self._log_filter is not None:
-            for name in _HTTP_LOGGERS:
-                logging.getLogger(name).addFilter(self._log_filter)
+        self._log_mask = LogMask(self.scrub)
 
     def url(self, path: str) -> str:
         """The URL of `path` (e.g. '/chat/completions') under the base URL, without credentials."""
@@ -177,12 +159,6 @@ class OpenAIHTTP:
             name = self._key_header
             headers[name] = f"Bearer {self._key}" if name.lower() == "authorization" else self._key
         return headers
-
-    def scrub(self, text: str) -> str:
-        """`text` with the API key and URL credentials replaced by '***'."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
 
     def detail(self, response: httpx.Response) -> str:
         """': <the answer's body, scrubbed, on one line, at most 300 characters>' or ''."""
@@ -244,28 +220,7 @@ class OpenAIHTTP:
 
     def close(self) -> None:
         self._http.close()
-        if self._log_filter is not None:
-            for name in _HTTP_LOGGERS:
-                logging.getLogger(name).removeFilter(self._log_filter)
-            self._log_filter = None
-
-
-class _ScrubFilter(logging.Filter):
-    """Rewrites log records of the HTTP libraries with the client's secrets masked."""
-
-    def __init__(self, scrub: Callable[[str], str]) -> None:
-        super().__init__()
-        self._scrub = scrub
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a malformed record: let logging report it
-            return True
-        cleaned = self._scrub(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        return True
+        self._log_mask.close()
 
 
 __all__ = [

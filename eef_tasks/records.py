@@ -19,13 +19,19 @@ import duckdb
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from eef_tasks.output import json_text
 from eef_tasks.store import StoreError, first_row, transaction
+
+
+# the store's INTEGER columns are 32-bit: larger values are refused here, not by a failing INSERT
+INT32_MAX = 2**31 - 1
 
 
 class StepRecord(BaseModel):
     """Action a_k taken in state s_k, and what the environment returned."""
 
-    model_config = ConfigDict(extra="forbid")
+    # NaN and ±inf are not rewards (nor valid JSON): refused for every producer
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     thought: str | None = None
     action: str
@@ -34,13 +40,13 @@ class StepRecord(BaseModel):
 
 
 class TaskRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     task_id: str = Field(min_length=1)
     env: str = Field(min_length=1)
     split: Literal["train", "dev", "test"]
     instruction: str
-    max_steps: int | None = Field(default=None, gt=0)
+    max_steps: int | None = Field(default=None, gt=0, le=INT32_MAX)
     meta: dict[str, Any] | None = None
 
 
@@ -48,26 +54,28 @@ class TrajectoryRecord(BaseModel):
     """One trajectory with its steps: the unit of import, export and writing.
 
     `success` and `n_steps` are derived from `reward` and `steps`; when given they must agree.
-    `env`, `split` and `instruction` describe the task and are needed only when the task is not
-    in the store yet. Without a `traj_id` one is derived from the content, so that importing the
+    `env`, `split` and `instruction` (with the optional `task_max_steps` and `task_meta`) describe
+    the task and are needed only when the task is not in the store yet. Without a `traj_id` one is derived from the content, so that importing the
     same file twice stores each trajectory once.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     traj_id: str | None = Field(default=None, min_length=1)
     task_id: str = Field(min_length=1)
     env: str | None = None
     split: Literal["train", "dev", "test"] | None = None
     instruction: str | None = None
+    task_max_steps: int | None = Field(default=None, gt=0, le=INT32_MAX)
+    task_meta: dict[str, Any] | None = None
     run_id: str | None = None
     source: Literal["expert", "policy"]
     expert: str | None = None
     model_id: str | None = None
-    iteration: int = Field(default=0, ge=0)
+    iteration: int = Field(default=0, ge=0, le=INT32_MAX)
     purpose: Literal["expert", "explore", "simulate", "eval"] | None = None
     branch_traj_id: str | None = None
-    branch_step: int = Field(default=0, ge=0)
+    branch_step: int = Field(default=0, ge=0, le=INT32_MAX)
     reward: float = Field(ge=0.0, le=1.0)
     success: bool | None = None
     n_steps: int | None = None
@@ -84,6 +92,8 @@ class TrajectoryRecord(BaseModel):
             raise ValueError("source 'expert' goes with purpose 'expert' and only with it")
         if self.source == "expert" and (self.run_id is not None or self.iteration != 0):
             raise ValueError("expert trajectories have no run_id and iteration 0")
+        if self.source == "policy" and not self.run_id:
+            raise ValueError("policy trajectories belong to a run: run_id is required")
         if self.success is None:
             self.success = self.reward == 1.0
         elif self.success != (self.reward == 1.0):
@@ -123,8 +133,18 @@ class TrajectoryRecord(BaseModel):
         if self.env is None or self.split is None or self.instruction is None:
             return None
         return TaskRecord(
-            task_id=self.task_id, env=self.env, split=self.split, instruction=self.instruction
+            task_id=self.task_id, env=self.env, split=self.split, instruction=self.instruction,
+            max_steps=self.task_max_steps, meta=self.task_meta,
         )
+
+
+class RecordError(StoreError):
+    """A record breaks a rule of the store; `traj_id` or `task_id` says which record, `field`
+    which of its fields (importers turn that into the file's line)."""
+
+    def __init__(self, message: str, *, field: str, traj_id: str | None = None, task_id: str | None = None):
+        super().__init__(message)
+        self.problem, self.field, self.traj_id, self.task_id = message, field, traj_id, task_id
 
 
 @dataclass(frozen=True)
@@ -142,11 +162,12 @@ def write_tasks(con: duckdb.DuckDBPyConnection, tasks: list[TaskRecord]) -> int:
     unique: dict[str, TaskRecord] = {}
     for task in tasks:
         if task.task_id in unique and _task_key(unique[task.task_id]) != _task_key(task):
-            raise StoreError(f"task {task.task_id!r} is given twice with different env/split/instruction")
+            raise RecordError(f"task {task.task_id!r} is given twice with different env/split/instruction",
+                              field="task_id", task_id=task.task_id)
         unique[task.task_id] = task
     frame = pl.DataFrame(
         [
-            {**t.model_dump(exclude={"meta"}), "meta": json.dumps(t.meta) if t.meta else None}
+            {**t.model_dump(exclude={"meta"}), "meta": json_text(t.meta) if t.meta else None}
             for t in unique.values()
         ],
         schema={
@@ -167,9 +188,9 @@ def _insert_new_tasks(con: duckdb.DuckDBPyConnection) -> int:
            LIMIT 1""",
     )
     if clash:
-        raise StoreError(
+        raise RecordError(
             f"task {clash[0]!r} is already stored as {clash[1]}/{clash[2]} with another "
-            f"instruction or split than the new {clash[3]}/{clash[4]}"
+            f"instruction or split than the new {clash[3]}/{clash[4]}", field="task_id", task_id=clash[0],
         )
     inserted = con.execute(
         """INSERT INTO tasks (task_id, env, split, instruction, max_steps, meta)
@@ -196,7 +217,8 @@ def write_trajectories(
     for r in records:
         digest = r.content_hash()
         if seen.get(r.traj_id, digest) != digest:
-            raise StoreError(f"traj_id {r.traj_id!r} appears twice with different content")
+            raise RecordError(f"traj_id {r.traj_id!r} appears twice with different content",
+                              field="traj_id", traj_id=r.traj_id)
         seen[r.traj_id] = digest
     unique = {r.traj_id: r for r in records}
 
@@ -205,16 +227,17 @@ def write_trajectories(
         stored = _stored_hashes(con, list(unique))
         for traj_id, digest in stored.items():
             if digest != seen[traj_id]:
-                raise StoreError(
+                raise RecordError(
                     f"traj_id {traj_id!r} is already stored with different content; "
-                    "give the new trajectory another id"
+                    "give the new trajectory another id", field="traj_id", traj_id=traj_id,
                 )
         new = [r for r in unique.values() if r.traj_id not in stored]
         missing = _missing_tasks(con, {r.task_id for r in new})
         if missing:
-            raise StoreError(
+            raise RecordError(
                 f"task {sorted(missing)[0]!r} is not in the store and the record does not describe "
-                "it: give env, split and instruction (or import the tasks first)"
+                "it: give env, split and instruction (or import the tasks first)",
+                field="task_id", task_id=sorted(missing)[0],
             )
         trajectories = pl.DataFrame(
             [_trajectory_row(r) for r in new], schema=_TRAJECTORY_SCHEMA
@@ -228,8 +251,41 @@ def write_trajectories(
             schema=_STEP_SCHEMA,
         )
         _insert_frame(con, "trajectories_frame", trajectories, _INSERT_TRAJECTORIES)
+        _check_branches(con, [r.traj_id for r in new if r.purpose == "simulate"])
         _insert_frame(con, "steps_frame", steps, _INSERT_STEPS)
     return WriteResult(tasks_added, len(new), len(unique) - len(new), steps.height)
+
+
+_BAD_BRANCH = """
+SELECT sim.traj_id, sim.branch_traj_id,
+    CASE
+        WHEN expert.traj_id IS NULL THEN 'is not in the store (import the expert trajectory first)'
+        WHEN expert.source <> 'expert' THEN 'is not an expert trajectory'
+        WHEN expert.task_id <> sim.task_id THEN 'belongs to task ' || expert.task_id || ', not ' || sim.task_id
+        WHEN expert.success THEN 'is a successful expert trajectory: simulations start from failed ones'
+        WHEN sim.branch_step > expert.n_steps
+            THEN 'has only ' || expert.n_steps || ' actions, fewer than branch_step ' || sim.branch_step
+    END AS problem
+FROM trajectories AS sim
+LEFT JOIN trajectories AS expert ON expert.traj_id = sim.branch_traj_id
+WHERE sim.traj_id IN (SELECT traj_id FROM new_simulations)
+ORDER BY sim.traj_id
+"""
+
+
+def _check_branches(con: duckdb.DuckDBPyConnection, simulation_ids: list[str]) -> None:
+    """A simulation replays a prefix of a failed expert trajectory of its own task (METHOD.md,
+    step 2.2; the need-recover rule joins on it): checked once the batch is in, so a simulation may
+    branch from an expert trajectory of the same batch."""
+    if not simulation_ids:
+        return
+    frame = pl.DataFrame({"traj_id": simulation_ids}, schema={"traj_id": pl.String})
+    with registered(con, "new_simulations", frame):
+        bad = [row for row in con.execute(_BAD_BRANCH).fetchall() if row[2] is not None]
+    if bad:
+        traj_id, branch, problem = bad[0]
+        raise RecordError(f"simulation {traj_id!r}: branch_traj_id {branch!r} {problem}",
+                          field="branch_traj_id", traj_id=traj_id)
 
 
 _TRAJECTORY_SCHEMA = {
@@ -271,8 +327,8 @@ def _insert_frame(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame
 
 
 def _trajectory_row(r: TrajectoryRecord) -> dict[str, Any]:
-    row = r.model_dump(exclude={"steps", "env", "split", "instruction", "meta"})
-    row["meta"] = json.dumps(r.meta) if r.meta else None
+    row = r.model_dump(exclude={"steps", "env", "split", "instruction", "task_max_steps", "task_meta", "meta"})
+    row["meta"] = json_text(r.meta) if r.meta else None  # strict JSON (a NaN becomes null)
     row["content_hash"] = r.content_hash()
     return row
 

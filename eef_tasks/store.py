@@ -80,7 +80,8 @@ def connect(
             if time.monotonic() >= deadline:
                 raise StoreLocked(
                     f"{db} is locked by {_lock_holder(str(exc))}; gave up after {wait_s:.0f} s. "
-                    "DuckDB allows one writing process at a time: wait for it to finish."
+                    "A DuckDB file is open to one writing process or to reading ones, never both: "
+                    "wait for that process to finish."
                 ) from exc
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
@@ -204,7 +205,12 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
         for version, name, path in migration_files():
             if version in todo:
                 text = path.read_text()
-                con.execute(text)
+                try:
+                    con.execute(text)
+                except duckdb.Error as exc:
+                    # a migration that refuses rows breaking its new rules says which (rolled back)
+                    raise StoreError(f"migration {path.name} failed: "
+                                     f"{str(exc).removeprefix('Invalid Input Error: ')}") from None
                 con.execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES ($v, $n, $c)",
                     {"v": version, "n": name, "c": _checksum(text)},

@@ -11,16 +11,20 @@ from typing import Literal
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from eef_tasks import store
 from eef_tasks.collect import collect_experts
+from eef_tasks.credentials import LLM_KEY_HINT, refuse_url_credentials
 from eef_tasks.envs import registry
 from eef_tasks.experts.llm import LLMExpertConfig
 
 
 class CollectParams(BaseModel):
     """What to collect; shown as a form in the Prefect UI."""
+
+    # a refused parameter (a URL with credentials) is not echoed into logs
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store")
     env: registry.EnvName = Field("scienceworld", description="a registered environment (offline experts: scienceworld)")
@@ -34,6 +38,14 @@ class CollectParams(BaseModel):
     workers: int = Field(1, ge=1, le=16)
     llm: LLMExpertConfig | None = Field(
         None, description="expert = llm: endpoint, model, API key source (env var or Prefect Secret), prices")
+
+    @field_validator("llm")
+    @classmethod
+    def _no_credentials_in_url(cls, llm: LLMExpertConfig | None) -> LLMExpertConfig | None:
+        # Prefect stores flow parameters in clear: the key comes from the environment instead
+        if llm is not None:
+            refuse_url_credentials(llm.base_url, "llm.base_url", LLM_KEY_HINT)
+        return llm
 
 
 @task(name="collect-expert-trajectories")

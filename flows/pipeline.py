@@ -34,9 +34,10 @@ from prefect.artifacts import (
     create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact,
 )
 from prefect.cache_policies import INPUTS, TASK_SOURCE
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from eef_tasks import pipeline, report, store
+from eef_tasks.credentials import VLLM_KEY_HINT, refuse_url_credentials
 from eef_tasks.envs import registry
 from eef_tasks.pipeline import RunConfig, presets
 from flows.collect import CollectParams, collect_flow
@@ -53,11 +54,13 @@ class IterationParams(BaseModel):
 
 
 class RunParams(BaseModel):
+    model_config = ConfigDict(hide_input_in_errors=True)  # a refused vllm_url is not echoed into logs
     db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store (expert data collected already)")
     run: RunConfig = Field(default_factory=lambda: RunConfig(run_id="eef-1"))
 
 
 class RFTParams(BaseModel):
+    model_config = ConfigDict(hide_input_in_errors=True)
     db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store (expert data collected already)")
     run: RunConfig = Field(default_factory=lambda: RunConfig(run_id="rft-1", method="rft", n_sims=0))
 
@@ -75,6 +78,7 @@ class CompareParams(BaseModel):
 
 
 class ExperimentParams(BaseModel):
+    model_config = ConfigDict(hide_input_in_errors=True)
     db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store")
     preset: str = Field("demo", description="run settings to start from: " + presets.describe())
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="runs are <name>-eef and <name>-rft")
@@ -91,6 +95,14 @@ class ExperimentParams(BaseModel):
         if value not in presets.names():
             raise ValueError(f"unknown preset {value!r}: one of {', '.join(presets.names())}")
         return value
+
+    @field_validator("overrides")
+    @classmethod
+    def _no_credentials_in_url(cls, overrides: dict) -> dict:
+        # checked here, not only when the RunConfig is built: Prefect stores parameters first
+        if isinstance(overrides.get("vllm_url"), str):
+            refuse_url_credentials(overrides["vllm_url"], "overrides.vllm_url", VLLM_KEY_HINT)
+        return overrides
 
 
 # --- tasks ------------------------------------------------------------------------------------------

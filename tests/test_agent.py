@@ -12,6 +12,7 @@ import pytest
 from eef_tasks import store
 from eef_tasks.agent import AgentEpisode, step_limit, stop_reason
 from eef_tasks.chat import INVALID_REPLY_MESSAGE, build_chat
+from eef_tasks.credentials import CredentialError
 from eef_tasks.envs.pool import EpisodeResult, EpisodeView
 from eef_tasks.openai_http import OpenAIHTTP, RetryPolicy
 from eef_tasks.records import StepRecord, TrajectoryRecord, write_trajectories
@@ -130,8 +131,9 @@ def test_simulation_starts_with_m_given_are_the_view_s_rows_and_nothing_is_writt
 
 
 def test_the_http_client_keeps_the_key_in_its_header_and_out_of_messages() -> None:
-    """The key in Authorization wins over user:password in the URL (Basic auth only when the key
-    goes elsewhere); a refusal echoing the key is scrubbed; retries honour Retry-After."""
+    """user:password in the URL and a key in Authorization cannot both be sent: refused (issue 10:
+    one of them used to be dropped silently); Basic auth goes with a key in another header; a
+    refusal echoing the key is scrubbed; retries honour Retry-After."""
     key = "sk-agent-test-0123456789"
     seen: list[httpx.Request] = []
     answers = [httpx.Response(429, headers={"Retry-After": "3"}, json={"error": f"slow down {key}"}),
@@ -142,7 +144,11 @@ def test_the_http_client_keeps_the_key_in_its_header_and_out_of_messages() -> No
         return answers.pop(0)
 
     slept: list[float] = []
-    client = OpenAIHTTP("http://user:pass-word@h.local/v1?api-key=qs-secret&x=1", api_key=key, timeout_s=5,
+    with pytest.raises(CredentialError, match="the key would not be sent") as refused:
+        OpenAIHTTP("http://user:pass-word@h.local/v1", api_key=key, timeout_s=5, policy=RetryPolicy(0),
+                   error=RuntimeError, transport=httpx.MockTransport(handler))
+    assert "pass-word" not in str(refused.value) and key not in str(refused.value) and not seen
+    client = OpenAIHTTP("http://h.local/v1?api-key=qs-secret&x=1", api_key=key, timeout_s=5,
                         policy=RetryPolicy(2, 0.01, 10.0), error=RuntimeError, sleep=slept.append,
                         transport=httpx.MockTransport(handler))
     response = client.send("POST", "/chat/completions", {"m": 1}, what="a test")
@@ -150,10 +156,10 @@ def test_the_http_client_keeps_the_key_in_its_header_and_out_of_messages() -> No
     assert all(r.headers["authorization"] == f"Bearer {key}" for r in seen)
     assert str(seen[0].url) == "http://h.local/v1/chat/completions?api-key=qs-secret&x=1"
     assert client.safe_url == "http://h.local/v1?x=1"
-    answers.extend([httpx.Response(503, text=f"down, key {key} pass-word")] * 3)
+    answers.extend([httpx.Response(503, text=f"down, key {key} qs-secret")] * 3)
     with pytest.raises(RuntimeError, match="kept failing: HTTP 503") as err:
         client.send("GET", "/models", None, what="listing models")
-    assert key not in str(err.value) and "pass-word" not in str(err.value) and "***" in str(err.value)
+    assert key not in str(err.value) and "qs-secret" not in str(err.value) and "***" in str(err.value)
     assert "gave up after 3 tries" in str(err.value)
     client.close()
 

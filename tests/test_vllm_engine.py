@@ -27,6 +27,7 @@ import pytest
 
 from eef_tasks import store
 from eef_tasks.chat import observation_text
+from eef_tasks.credentials import CredentialError
 from eef_tasks.envs.base import EnvError
 from eef_tasks.engines import SamplingConfig
 from eef_tasks.engines.hf import HFEngine
@@ -442,10 +443,14 @@ def test_protocol_details_with_a_mock_transport(tmp_path) -> None:
                                           {"id": "old-lora", "parent": "base-m"}]}
     answers["/v1/models"] = httpx.Response(200, json=models)
     folder = _fake_adapter(tmp_path / "eef-it3")
-    engine = VLLMEngine("http://user:pa55word@vllm.local:8000/", None, folder,
+    # user:password (Basic auth) and $VLLM_API_KEY (Bearer) both need the Authorization header
+    with pytest.raises(CredentialError, match="the key would not be sent") as refused:
+        VLLMEngine("http://user:pa55word@vllm.local:8000/", None, folder, transport=httpx.MockTransport(handler))
+    assert "pa55word" not in str(refused.value) and not calls
+    engine = VLLMEngine("http://vllm.local:8000/", None, folder,
                         adapter_path_on_server="/app/data/adapters/r/eef-it3",
                         transport=httpx.MockTransport(handler))
-    assert engine.base_url == "http://vllm.local:8000/v1" and "pa55word" not in engine.safe_url
+    assert engine.base_url == "http://vllm.local:8000/v1"
     assert engine.model_path == "base-m"  # the only base model the server serves
 
     # no runtime LoRA route: say how to start the server

@@ -32,8 +32,10 @@ It is an `eef_tasks.engines.Engine` (`session`, `generate`, `model_path`, `adapt
 - **Errors**: connection failures, timeouts, 408/429/5xx are retried with exponential backoff
   (honouring Retry-After) `retries` times (`openai_http`); then, and for any other refusal,
   `VLLMError` (an `EnvError`, so the CLI prints one line) naming the URL and what to check.
-- **API key**: `$VLLM_API_KEY` (or `api_key_env`, or `api_key=`) goes only into the
-  `Authorization: Bearer` header; it is never logged, stored or part of an error message.
+- **API key**: `$VLLM_API_KEY` (or `api_key_env`, or `api_key=`), stripped and checked by
+  `eef_tasks.credentials`, goes only into the `Authorization: Bearer` header; it is never logged,
+  stored or part of an error message. user:password in the URL (a proxy) is sent as Basic auth,
+  and refused together with a key (both would need the Authorization header).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from eef_tasks.credentials import clean_key
 from eef_tasks.engines import Generation, SamplingConfig, Session
 from eef_tasks.envs.base import EnvError
 from eef_tasks.openai_http import RETRYABLE_STATUS, OpenAIHTTP, RetryPolicy, error_message, redact_url
@@ -155,9 +158,13 @@ class VLLMEngine:
         self.adapter_path_on_server = (
             (adapter_path_on_server or str(Path(adapter_dir).resolve())) if adapter_dir else None
         )
-        key = api_key if api_key is not None else (os.environ.get(api_key_env) if api_key_env else None)
+        if api_key is not None:
+            key = clean_key(api_key, "api_key")
+        else:  # stripped and checked where it is read: a key from a file often ends in a newline
+            key = clean_key(os.environ.get(api_key_env), f"${api_key_env}") if api_key_env else None
         base = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
-        # user:password in the URL (a proxy in front of the server) is Basic auth unless a key is given
+        # user:password in the URL (a proxy in front of the server) is Basic auth; with a key too it
+        # is refused (both need the Authorization header)
         self._client = OpenAIHTTP(
             base, api_key=key or None, timeout_s=timeout_s,
             policy=RetryPolicy(retries, backoff_s, max_backoff_s), error=VLLMError,

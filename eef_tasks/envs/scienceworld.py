@@ -22,7 +22,9 @@ Design notes:
   `info['invalid']` is set; an input matching several objects answers a numbered menu
   ("Ambiguous request: Please enter the number ...") and `info['ambiguous']`/`info['menu']` are
   set. The next action is then expected to be one of the numbers (the gold paths do exactly that);
-  anything else is answered "Unknown action." by the game.
+  anything else is answered "Unknown action." by the game. The game's meta-commands (`reset task`,
+  `task`, `help`: `META_COMMANDS`) are not actions of the task: they never reach the game and are
+  answered as invalid input.
 - **The JVM** is started by us (not by the package) with its heap capped (`-Xmx512m` by default,
   else it grows to 2-3 GB) and the serial GC. Every call into it runs under a watchdog: a call that
   takes longer than `call_timeout_s` (gold-path generation: `gold_timeout_s`) kills the JVM. A dead
@@ -122,6 +124,12 @@ INVALID_PREFIXES = (
     "Ambiguous request: Multiple different possible actions",
 )
 AMBIGUOUS_PREFIX = "Ambiguous request: Please enter the number"
+# The game's meta-commands, as its parser matches them (any case, any spacing): `reset task`
+# resets the goal progress, `task` repeats the task description, `help` lists the action
+# templates. None is an action of the task, so the agent gets the game's own answer to an input
+# it cannot parse, without the game seeing it (a replay or a JVM restore sends them neither).
+META_COMMANDS = frozenset({"reset task", "task", "help"})
+META_COMMAND_ANSWER = "No known action matches that input."
 _MENU_LINE = re.compile(r"^\s*(\d+):\s*(.*?)\s*$")
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "sciworld"
@@ -478,7 +486,7 @@ class ScienceWorld:
         initial, _, _ = self._call(lambda s: self._load(s, name, variation))
         seen = [initial]
         for action in self._actions:
-            seen.append(self._call(lambda s, a=action: s.step(a)))
+            seen.append(self._call(lambda s, a=action: _game_step(s, a)))
         drift = find_drift(seen, [self._initial_observation, *self._observations])
         self._restored += 1
         if drift and not self.recover_on_drift:
@@ -591,7 +599,7 @@ class ScienceWorld:
         action = str(action)
         restored_before = self._restored
         observation, score, completed = self._with_recovery(
-            lambda s: (s.step(action), s.getScore(), s.getCompleted())
+            lambda s: (_game_step(s, action), s.getScore(), s.getCompleted())
         )
         self._actions.append(action)
         self._observations.append(observation)
@@ -653,6 +661,15 @@ class ScienceWorld:
         os.kill(pid, 9)
         self._jvm.proc.wait(timeout=10)
         return pid
+
+
+def is_meta_command(action: str) -> bool:
+    return " ".join(action.lower().split()) in META_COMMANDS
+
+
+def _game_step(server: Any, action: str) -> str:
+    """The game's answer to `action`; meta-commands are answered as invalid input, here."""
+    return META_COMMAND_ANSWER if is_meta_command(action) else server.step(action)
 
 
 def _score(raw: float) -> int:

@@ -17,7 +17,8 @@ name the server reported, and `base_url` with any credentials removed. `meta.cal
 `[prompt_tokens, completion_tokens, finish_reason, latency_s, retries]` per request.
 
 - **API key**: from the environment variable `api_key_env` (default OPENAI_API_KEY) or the Prefect
-  Secret block `api_key_secret`. It is sent only in a request header: never logged, never stored,
+  Secret block `api_key_secret`, stripped and checked where it is read (`eef_tasks.credentials`).
+  It is sent only in a request header: never logged, never stored,
   never part of an error message (anything the server echoes back is scrubbed of it).
 - **Errors**: 429, 408, 5xx, timeouts and connection errors are retried with exponential backoff
   (honouring Retry-After / retry-after-ms) up to `max_retries` times; anything else (401, 404, a
@@ -49,6 +50,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from eef_tasks.agent import AgentEpisode, step_limit, stop_reason
+from eef_tasks.credentials import clean_key
 from eef_tasks.envs.base import EnvError, TaskSpec
 from eef_tasks.envs.pool import Episode, EpisodeResult, EpisodeView
 from eef_tasks.openai_http import OpenAIHTTP, RetryPolicy, RetryReply, redact_url
@@ -70,7 +72,7 @@ class LLMExpertError(EnvError):
 class LLMExpertConfig(BaseModel):
     """How to reach and sample the expert model; `name` is the trajectories' `expert` column."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     name: str | None = Field(
         None, description="expert name stored in trajectories.expert (default: the model's name)"
@@ -144,8 +146,11 @@ def resolve_api_key(config: LLMExpertConfig) -> str | None:
             ) from None
         if not isinstance(value, str) or not value:
             raise LLMExpertError(f"the Prefect Secret block {config.api_key_secret!r} holds no string")
-        return value
-    key = os.environ.get(config.api_key_env) or None if config.api_key_env else None
+        key = clean_key(value, f"the Prefect Secret block {config.api_key_secret!r}")
+        if key is None:
+            raise LLMExpertError(f"the Prefect Secret block {config.api_key_secret!r} holds only whitespace")
+        return key
+    key = clean_key(os.environ.get(config.api_key_env), f"${config.api_key_env}") if config.api_key_env else None
     if key is None and "api.openai.com" in config.base_url:
         # OpenAI's own endpoint always needs a key: say so now instead of after a round of retries
         raise LLMExpertError(
@@ -185,7 +190,7 @@ class ChatClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.config = config
-        key = api_key if api_key is not None else resolve_api_key(config)
+        key = clean_key(api_key, "api_key") if api_key is not None else resolve_api_key(config)
         if key is None and config.api_key_env and not config.api_key_secret:
             logger.info("no API key in $%s: sending requests without one", config.api_key_env)
         self._http = OpenAIHTTP(

@@ -6,8 +6,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from eef_tasks.credentials import VLLM_KEY_HINT, refuse_url_credentials
 from eef_tasks.envs import registry
 from eef_tasks.pipeline import presets
 from eef_tasks.pipeline.errors import PipelineError
@@ -22,7 +23,7 @@ class RunConfig(BaseModel):
     """Everything that defines a run. Defaults are METHOD.md's (I = 4, M = 5, 6 epochs, lr 5e-5,
     batch 64); presets (`eef_tasks.pipeline.presets`) make small runs. Shown as a form in the Prefect UI."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # no refused URL in logs
 
     run_id: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="name of the run (experiment)")
     method: Literal["eef", "rft"] = Field("eef", description="eef, or rft (the baseline: no simulations)")
@@ -61,6 +62,12 @@ class RunConfig(BaseModel):
         if self.method == "eef" and self.n_sims == 0:
             raise ValueError("eef needs n_sims >= 1 (n_sims = 0 is the rft baseline: method='rft')")
         return self
+
+    @field_validator("vllm_url")
+    @classmethod
+    def _no_credentials_in_url(cls, url: str | None) -> str | None:
+        # run settings are flow parameters and runs.config: both stored in clear
+        return url if url is None else refuse_url_credentials(url, "vllm_url", VLLM_KEY_HINT)
 
     @property
     def task_env(self) -> str:
