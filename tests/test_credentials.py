@@ -95,7 +95,7 @@ def test_a_key_read_with_a_line_ending_is_stripped_and_sent(server, logs, monkey
 
 
 def test_the_vllm_engine_strips_its_key_too(server, logs, monkeypatch):
-    from eef_tasks.vllm_engine import VLLMEngine
+    from eef_tasks.engines.vllm import VLLMEngine
 
     monkeypatch.setenv("VLLM_API_KEY", "\n" + KEY + "\n")
     with VLLMEngine(server.url, None) as engine:  # asks the server for its one base model
@@ -110,7 +110,7 @@ def test_a_key_no_header_can_carry_is_refused_without_showing_it(server, monkeyp
     with pytest.raises(CredentialError, match=f"API key in \\${KEY_ENV} holds") as err:
         ChatClient(_config(server.url))
     assert KEY[:10] not in str(err.value) and "é" not in str(err.value)
-    from eef_tasks.vllm_engine import VLLMEngine
+    from eef_tasks.engines.vllm import VLLMEngine
 
     monkeypatch.setenv("VLLM_API_KEY", bad)
     with pytest.raises(CredentialError, match="API key in \\$VLLM_API_KEY holds"):
