@@ -1,9 +1,9 @@
 """Text environments behind one small interface (`base.Env`), their task catalogs and a pool of
 worker processes to run many episodes in parallel (`pool.EnvPool`).
 
-Task ids are '<env>/<task-name>/<variation>', e.g. 'scienceworld/boil/12'; AgentGym's servers
-(`agentgym.AgentGymEnv`: WebShop, SciWorld, ALFWorld, BabyAI, TextCraft) use '<env>/<data_idx>',
-e.g. 'webshop/12'. Which environments exist, their catalogs, splits and step limits, and the rule
+Task ids are '<env>/<task-name>/<variation>', e.g. 'scienceworld/boil/12'; eef's WebShop
+(`webshop.WebShop`) and AgentGym's servers (`agentgym.AgentGymEnv`: WebShop, SciWorld, ALFWorld,
+BabyAI, TextCraft) use '<env>/<data_idx>', e.g. 'webshop/12' (the same goal in both). Which environments exist, their catalogs, splits and step limits, and the rule
 that evaluation tasks are never training tasks live in `registry` (re-exported here).
 """
 

@@ -783,7 +783,8 @@ def _json_or_text(answer: httpx.Response) -> Any:
 
 # Index ranges [start, stop) per split, where a source defines them:
 # - webshop: WebShop's own goal-index split (princeton-nlp/WebShop baseline_models/env.py: test
-#   range(500), eval range(500, 1500), train range(1500, len(goals)); 12,087 human instructions).
+#   range(500), eval range(500, 1500), train range(1500, len(goals))) over the 6,910 synthetic
+#   goals of the 1,000-product setting that agentenv-webshop runs (eef_tasks.envs.webshop.tasks).
 #   AgentGym's WebShop server resets to goal `session_id` of its own goal list (its fork of
 #   WebShop), and AgentGym's published splits are item-id lists (AgentEval / AgentTraj-L on
 #   Hugging Face): use `item_ids=` for those. AgentGym's evaluation tutorial runs ids 0..199
@@ -794,7 +795,7 @@ def _json_or_text(answer: httpx.Response) -> Any:
 # - babyai, textcraft: AgentGym defines no ranges in code (BabyAI: level data_idx % 40 + 1 with
 #   seed data_idx // 40; TextCraft: goal data_idx % n_goals); pass ranges= or item_ids=.
 DEFAULT_RANGES: dict[str, dict[str, tuple[int, int]]] = {
-    "webshop": {"test": (0, 500), "dev": (500, 1500), "train": (1500, 12087)},
+    "webshop": {"test": (0, 500), "dev": (500, 1500), "train": (1500, 6910)},
     "alfworld": {"train": (0, 2420), "test": (2420, 2620)},
 }
 

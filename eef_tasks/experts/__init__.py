@@ -85,15 +85,24 @@ def run_expert(
     max_steps: int | None = None,
     success_rate: float = DEFAULT_SUCCESS_RATE,
 ) -> ExpertRun:
-    """Run an offline expert on one task in `env` (a ScienceWorld); generates the gold path when
-    none is given (returned as `new_gold` so that the caller can cache it). `max_steps` shapes the
-    synthetic expert's plan; the actions themselves are not cut at the task's step limit."""
+    """Run an offline expert on one task in `env` (a ScienceWorld or a WebShop); for ScienceWorld
+    generates the gold path when none is given (returned as `new_gold` so that the caller can cache
+    it). `max_steps` shapes the synthetic expert's plan; the actions themselves are not cut at the
+    task's step limit."""
     new_gold = None
-    if gold is None:
-        gold = new_gold = generate_gold(env, task_id)
-    actions, meta = plan_actions(
-        expert, gold, seed=seed, max_steps=max_steps, success_rate=success_rate
-    )
+    if getattr(env, "name", None) == "webshop":
+        # WebShop's experts plan from the goal and the search index, with no gold-path cache
+        from eef_tasks.experts import webshop
+
+        actions, meta = webshop.plan(
+            expert, task_id, seed=seed, max_steps=max_steps, success_rate=success_rate
+        )
+    else:
+        if gold is None:
+            gold = new_gold = generate_gold(env, task_id)
+        actions, meta = plan_actions(
+            expert, gold, seed=seed, max_steps=max_steps, success_rate=success_rate
+        )
     replay = env.replay(actions, task_id=task_id)
     meta = {
         **meta,
@@ -118,6 +127,10 @@ def _env_version(env: Any) -> str | None:
         from eef_tasks.envs.scienceworld import SCIENCEWORLD_VERSION
 
         return f"scienceworld=={SCIENCEWORLD_VERSION}"
+    if getattr(env, "name", None) == "webshop":
+        from eef_tasks.envs.webshop import DATA_VERSION
+
+        return DATA_VERSION
     return None
 
 

@@ -11,6 +11,7 @@
 
 from eef_tasks.envs.webshop.env import WebShop, parse_action
 from eef_tasks.envs.webshop.tasks import (
+    DATA_VERSION,
     ENV_NAME,
     MAX_STEPS,
     SPLIT_RANGES,
@@ -21,6 +22,6 @@ from eef_tasks.envs.webshop.tasks import (
 )
 
 __all__ = [
-    "ENV_NAME", "MAX_STEPS", "SPLIT_RANGES", "WebShop", "catalog", "find_task", "goal_index",
+    "DATA_VERSION", "ENV_NAME", "MAX_STEPS", "SPLIT_RANGES", "WebShop", "catalog", "find_task", "goal_index",
     "parse_action", "task_id_of",
 ]

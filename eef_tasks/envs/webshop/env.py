@@ -52,7 +52,7 @@ PREV_PAGE = "< Prev"
 BUY_NOW = "Buy Now"
 SUB_PAGES = ("Description", "Features", "Reviews", "Attributes")
 
-_ACTION_RE = re.compile(r"(.+)\[(.+)\]", re.S)  # WebShop's parse_action (greedy, from the start)
+_ACTION_RE = re.compile(r"(.+)\[(.+)\]")  # WebShop's parse_action (greedy, from the start)
 
 
 def parse_action(action: str) -> tuple[str, str | None]:

@@ -25,6 +25,7 @@ from functools import cache
 from eef_tasks.envs.base import EnvError, Split, TaskSpec
 
 ENV_NAME = "webshop"
+DATA_VERSION = "webshop-small-1000 (eef data 1)"  # recorded in expert trajectories' meta
 MAX_STEPS = 10
 SPLIT_RANGES: dict[str, tuple[int, int | None]] = {
     "test": (0, 500), "dev": (500, 1500), "train": (1500, None),  # None: to the last goal
