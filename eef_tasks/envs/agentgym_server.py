@@ -1,6 +1,32 @@
-"""eef's ScienceWorld behind AgentGym's SciWorld HTTP protocol (FastAPI + uvicorn).
+"""eef's ScienceWorld and WebShop behind AgentGym's HTTP protocols (FastAPI + uvicorn).
 
-    python -m eef_tasks.envs.agentgym_server --host 127.0.0.1 --port 8000
+    python -m eef_tasks.envs.agentgym_server --host 127.0.0.1 --port 8000            # SciWorld
+    python -m eef_tasks.envs.agentgym_server --env webshop --port 36001              # WebShop
+
+WebShop (`--env webshop`, `WebShopServer`): the endpoints and shapes of AgentGym's
+`agentenv-webshop` server (agentenv_webshop/server.py, model.py, environment.py), so AgentGym's
+`WebshopEnvClient` and eef's `AgentGymEnv("webshop")` both talk to it:
+
+    GET  /                                -> "ok"
+    GET  /list_envs                       -> [env ids]
+    POST /create                          -> n  (the bare id)
+    POST /reset  {env_idx, session_id}    -> [observation, null]   (session_id: the goal index;
+                                             null picks a goal at random, as WebShop does)
+    POST /step   {env_idx, action}        -> {state, reward, done, info: null}
+    GET  /available_actions?env_idx=n     -> {has_search_bar, clickables}
+    GET  /instruction_text?env_idx=n      -> "Instruction: <goal>"
+    GET  /observation?env_idx=n           -> the current page (text mode)
+    GET  /state?env_idx=n                 -> {url, html, instruction_text}
+    POST /close  {env_idx}                -> {"closed": true}       (eef's addition)
+
+Each env is one eef `WebShop`; all of them share the process's product table and search index,
+so an env costs kilobytes (AgentGym's server loads the products, goals and a Lucene searcher per
+env). `reward` is WebShop's reward at the purchase, 0 before. Differences, on purpose: unknown
+or evicted env ids answer HTTP 200 `{"error": ...}` (AgentGym's raises, HTTP 500); `/state`'s
+`html` is "" (eef renders text only); at most `--max-envs` envs (default 256), the least recently
+used idle one evicted beyond that; env ids start at a random number.
+
+SciWorld (the default, `SciWorldServer`):
 
 The endpoints and their shapes are those of AgentGym's `agentenv-sciworld` server
 (agentenv_sciworld/server.py and environment.py), so AgentGym's `SciworldEnvClient` and eef's
@@ -52,6 +78,8 @@ from eef_tasks.envs.agentgym import sciworld_games
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_ENVS = 4
+DEFAULT_MAX_WEBSHOP_ENVS = 256  # WebShop envs share one product index: an env is a few KB
+WEBSHOP_GREETING = "ok"  # agentenv-webshop's GET /
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 GREETING = "This is environment ScienceWorld."
 
@@ -264,6 +292,197 @@ def _close_env(env: Any) -> None:
         logger.warning("closing an env failed", exc_info=True)
 
 
+# --- WebShop (agentenv-webshop's protocol) --------------------------------------------------------
+
+
+class WebShopStepBody(BaseModel):  # agentenv_webshop/model.py StepQuery
+    env_idx: int
+    action: str
+
+
+class WebShopResetBody(BaseModel):  # ResetQuery
+    env_idx: int
+    session_id: int | None = None
+
+
+class WebShopCloseBody(BaseModel):
+    env_idx: int
+
+
+class WebShopServer:
+    """eef WebShop envs behind agentenv-webshop's endpoints; every method answers what its
+    endpoint returns (errors as `{"error": ...}`)."""
+
+    def __init__(self, max_envs: int = DEFAULT_MAX_WEBSHOP_ENVS, **env_kwargs: Any) -> None:
+        if max_envs < 1:
+            raise ValueError("max_envs must be at least 1")
+        from eef_tasks.envs.webshop import WebShop
+        from eef_tasks.envs.webshop.products import load_webshop
+        from eef_tasks.envs.webshop.search import product_search
+
+        load_webshop()
+        product_search()  # built once, before the first request, shared by every env
+        self.max_envs = max_envs
+        self._make = lambda: WebShop(**env_kwargs)
+        self._slots: dict[int, _Slot] = {}
+        self._deleted: set[int] = set()
+        self._registry = threading.Lock()
+        self._next_id = random.SystemRandom().randrange(1_000, 1_000_000_000)
+        self._rng = random.SystemRandom()
+
+    def _slot(self, idx: int) -> _Slot:
+        with self._registry:
+            slot = self._slots.get(idx)
+            deleted = idx in self._deleted
+        if slot is None:
+            if deleted:
+                raise ValueError(f"The task with environment {idx} has been deleted.")
+            raise ValueError(f"The id {idx} is not valid.")
+        return slot
+
+    def list_envs(self) -> list[int]:
+        with self._registry:
+            return list(self._slots)
+
+    def create(self) -> Any:
+        with self._registry:
+            if len(self._slots) >= self.max_envs:
+                idle = [(i, s) for i, s in self._slots.items() if not s.lock.locked()]
+                if not idle:
+                    return {"error": f"all {self.max_envs} environments are busy; close one with "
+                                     "POST /close or retry later"}
+                victim, _ = min(idle, key=lambda item: item[1].last_used)
+                del self._slots[victim]
+                self._deleted.add(victim)
+                logger.info("evicting idle env %s (at most %d envs)", victim, self.max_envs)
+            idx = self._next_id
+            self._next_id += 1
+            self._slots[idx] = _Slot(self._make())
+        return idx
+
+    def reset(self, idx: int, session_id: int | None) -> Any:
+        try:
+            slot = self._slot(idx)
+            n_goals = len(slot.env.data.goals)
+            goal = self._rng.randrange(n_goals) if session_id is None else session_id
+            if not 0 <= goal < n_goals:
+                raise ValueError(f"session_id {goal} is out of range: this server has {n_goals} "
+                                 f"WebShop goals (0..{n_goals - 1})")
+            with slot.lock:
+                slot.last_used = time.monotonic()
+                observation = slot.env.reset(f"webshop/{goal}")
+                slot.info.update(done=False, task_name=goal)
+            return [observation, None]
+        except Exception as exc:  # noqa: BLE001 - answered to the client
+            return {"error": str(exc)}
+
+    def step(self, idx: int, action: str) -> dict[str, Any]:
+        try:
+            slot = self._slot(idx)
+            with slot.lock:
+                if slot.info.get("task_name") is None:
+                    raise ValueError(f"The task with environment {idx} has not been reset.")
+                if slot.info.get("done"):
+                    raise ValueError(f"The task with environment {idx} has finished.")
+                slot.last_used = time.monotonic()
+                result = slot.env.step(action)
+                slot.info["done"] = result.done
+            return {"state": result.observation, "reward": result.reward, "done": result.done,
+                    "info": None}
+        except Exception as exc:  # noqa: BLE001
+            return {"error": str(exc)}
+
+    def _read(self, idx: int, fn: Callable[[Any], Any]) -> Any:
+        try:
+            slot = self._slot(idx)
+            with slot.lock:
+                if slot.info.get("task_name") is None:
+                    raise ValueError(f"The task with environment {idx} has not been reset.")
+                return fn(slot.env)
+        except Exception as exc:  # noqa: BLE001
+            return {"error": str(exc)}
+
+    def available_actions(self, idx: int) -> Any:
+        return self._read(idx, lambda env: env.available_actions())
+
+    def instruction_text(self, idx: int) -> Any:
+        return self._read(idx, lambda env: f"Instruction: {env.instruction}")
+
+    def observation(self, idx: int) -> Any:
+        return self._read(idx, lambda env: env.observation)
+
+    def state(self, idx: int) -> Any:
+        return self._read(idx, lambda env: {
+            "url": f"http://127.0.0.1:3000/{env.page_name}/{env.task_id}", "html": "",
+            "instruction_text": f"Instruction: {env.instruction}"})
+
+    def close(self, idx: int) -> dict[str, Any]:
+        with self._registry:
+            slot = self._slots.pop(idx, None)
+            if slot is not None:
+                self._deleted.add(idx)
+        return {"closed": slot is not None}
+
+    def close_all(self) -> None:
+        with self._registry:
+            self._deleted.update(self._slots)
+            self._slots.clear()
+
+    @property
+    def n_envs(self) -> int:
+        return len(self._slots)
+
+
+def create_webshop_app(server: WebShopServer) -> Any:
+    """The FastAPI app serving `server` with agentenv-webshop's endpoints."""
+    from fastapi import FastAPI
+
+    app = FastAPI(title="eef WebShop (AgentGym WebShop protocol)")
+
+    @app.get("/")
+    def hello() -> str:
+        return WEBSHOP_GREETING
+
+    @app.get("/list_envs")
+    def list_envs() -> Any:
+        return server.list_envs()
+
+    @app.post("/create")
+    def create() -> Any:
+        return server.create()
+
+    @app.post("/step")
+    def step(body: WebShopStepBody) -> Any:
+        return server.step(body.env_idx, body.action)
+
+    @app.post("/reset")
+    def reset(body: WebShopResetBody) -> Any:
+        return server.reset(body.env_idx, body.session_id)
+
+    @app.get("/available_actions")
+    def available_actions(env_idx: int) -> Any:
+        return server.available_actions(env_idx)
+
+    @app.get("/instruction_text")
+    def instruction_text(env_idx: int) -> Any:
+        return server.instruction_text(env_idx)
+
+    @app.get("/observation")
+    def observation(env_idx: int) -> Any:
+        return server.observation(env_idx)
+
+    @app.get("/state")
+    def state(env_idx: int) -> Any:
+        return server.state(env_idx)
+
+    @app.post("/close")
+    def close(body: WebShopCloseBody) -> Any:
+        return server.close(body.env_idx)
+
+    app.state.webshop = server
+    return app
+
+
 def create_app(server: SciWorldServer) -> Any:
     """The FastAPI app serving `server` (envs are closed when the app shuts down)."""
     from fastapi import FastAPI
@@ -320,14 +539,17 @@ def create_app(server: SciWorldServer) -> Any:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m eef_tasks.envs.agentgym_server",
-        description="Serve eef's ScienceWorld with AgentGym's SciWorld HTTP protocol.",
+        description="Serve eef's ScienceWorld (or WebShop) with AgentGym's HTTP protocol.",
     )
+    parser.add_argument("--env", choices=["sciworld", "webshop"], default="sciworld",
+                        help="which environment to serve (default sciworld)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max-envs", type=int, default=DEFAULT_MAX_ENVS,
-                        help="most envs (one JVM each) alive at once; the least recently used "
-                             "idle one is evicted to create another (default %(default)s)")
+    parser.add_argument("--max-envs", type=int, default=None,
+                        help="most envs alive at once; the least recently used idle one is "
+                             f"evicted to create another (default {DEFAULT_MAX_ENVS}, one JVM "
+                             f"each; WebShop: {DEFAULT_MAX_WEBSHOP_ENVS})")
     parser.add_argument("--simplifications", default="easy",
                         help="ScienceWorld simplifications (default 'easy', eef's and ETO's "
                              "setting; '' for AgentGym's)")
@@ -344,10 +566,16 @@ def main(argv: list[str] | None = None) -> None:
         )
     import uvicorn
 
-    server = SciWorldServer(
-        max_envs=args.max_envs, simplifications=args.simplifications, java_heap=args.java_heap
-    )
-    app = create_app(server)
+    server: SciWorldServer | WebShopServer
+    if args.env == "webshop":
+        server = WebShopServer(max_envs=args.max_envs or DEFAULT_MAX_WEBSHOP_ENVS)
+        app = create_webshop_app(server)
+    else:
+        server = SciWorldServer(
+            max_envs=args.max_envs or DEFAULT_MAX_ENVS, simplifications=args.simplifications,
+            java_heap=args.java_heap,
+        )
+        app = create_app(server)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                     access_log=args.log_level == "debug")

@@ -127,9 +127,9 @@ def _env_version(env: Any) -> str | None:
         from eef_tasks.envs.scienceworld import SCIENCEWORLD_VERSION
 
         return f"scienceworld=={SCIENCEWORLD_VERSION}"
-    if getattr(env, "name", None) == "webshop":
-        from eef_tasks.envs.webshop import DATA_VERSION
+    from eef_tasks.envs.webshop import DATA_VERSION, WebShop
 
+    if isinstance(env, WebShop):  # an AgentGym WebShop server's data is its own
         return DATA_VERSION
     return None
 
