@@ -187,16 +187,51 @@ def test_reward_rules():
     assert goal.options["color"] == "1877blue" and info.reward < 1 and info.r_option == 0.5
 
 
-def test_search_analyzer_and_ranking():
-    assert analyze("Women's X-Large 3.5mm running shoes, and the 1,000 socks") == [
-        "women", "x", "larg", "3.5mm", "run", "shoe", "1,000", "sock"]
+# Lucene's analysis of these texts (Anserini 0.22.1's DefaultEnglishAnalyzer, WebShop's index's)
+LUCENE_TOKENS = {
+    "technology assembly incredibly us uses running caresses ponies relational generalization "
+    "hopeful conditional rational feudalism decisiveness formality sensitivity electrical goodness "
+    "adjustable dependent adoption communism activate effective bowdlerize controlling rolling "
+    "hopping filing agreed sized xs os happy sky dying lying possibly replacement": [
+        "technolog", "assembl", "incred", "us", "us", "run", "caress", "poni", "relat", "gener",
+        "hope", "condit", "ration", "feudal", "decis", "formal", "sensit", "electr", "good",
+        "adjust", "depend", "adopt", "commun", "activ", "effect", "bowdler", "control", "roll",
+        "hop", "file", "agre", "size", "xs", "os", "happi", "sky", "dy", "ly", "possibl", "replac"],
+    "U.S.A. women's 1,000 3.5mm x-large ❤️ love ✔ ™ ★★ ☆ 琥珀 a_b _ q：a 1⁄2 wi-fi": [
+        "u.s.a", "women", "1,000", "3.5mm", "x", "larg", "❤️", "love", "✔", "™", "★", "★", "琥",
+        "珀", "a_b", "q：a", "1⁄2", "wi", "fi"],
+}
+
+
+@pytest.mark.parametrize("text", list(LUCENE_TOKENS))
+def test_analyzer_matches_lucenes(text):
+    assert analyze(text) == LUCENE_TOKENS[text]
+
+
+def test_search_ranking():
     engine = product_search()
     hits = engine.search("decorative pillows")
     assert len(hits) == 50
     scores = engine.scores("decorative pillows")
     ranked = [scores[engine.products.index(p)] for p in hits]
     assert ranked == sorted(ranked, reverse=True) and min(ranked) > 0
+    for a, b in zip(hits, hits[1:], strict=False):  # equal scores: by asin, as Anserini's tie-break
+        if scores[engine.products.index(a)] == scores[engine.products.index(b)]:
+            assert a.asin < b.asin
+    for query, top10 in LUCENE_TOP10.items():
+        assert [p.asin for p in engine.search(query)][:10] == top10, query
     assert engine.search("the and of") == []  # stop words only: nothing matches
+
+
+# WebShop's own prebuilt 1k Lucene index, queried with Anserini 0.22.1 (benchmarks/README.md)
+LUCENE_TOP10 = {
+    "cabinets": ["B09P8D2Q1Q", "B08R5Z7S2K", "B089B1K9LJ", "B08MFGNXW3", "B09F6SCW47",
+                 "B09HXDPKJF", "B004FG6BV2", "B08MB4NQGQ", "B09LVDSDQG", "B09MNNBDTJ"],
+    "decorative pillows": ["B09HKZS7LV", "B08QVDNJC7", "B08K7LDM7Q", "B08L2ZDWN2", "B07T9LZKM7",
+                           "B07P24ZMXK", "B0743JKHBV", "B09DYFZM1X", "B07V5WMYXS", "B07N33BPQ6"],
+    "men's sweaters": ["B09J95S478", "B08L9SFBXV", "B07DKGJR74", "B08KGWLWFN", "B09KRLGSC5",
+                       "B09Q37JQZ6", "B09P5CRVQ6", "B09QGK5XHZ", "B09NNMV9LN", "B09Q67H373"],
+}
 
 
 def test_envs_share_one_product_table_and_index():
