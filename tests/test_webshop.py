@@ -37,6 +37,25 @@ def _goal_digest() -> str:
         f"{g.asin}|{g.instruction_text}" for g in load_webshop().goals).encode()).hexdigest()
 
 
+# sha256 of WebShop's small-setting files (the copies in the project's shared data folder, of
+# which items_ins_v2_1000.json is byte-identical to WebShop's original)
+SHIPPED_SHA256 = {
+    "items_shuffle_1000.json.gz": "472d2b756304ec53317dc4ed78e039b77db9a56f0384dda0002056cb498b1395",
+    "items_ins_v2_1000.json.gz": "f88a36314a397b53b3d9c3fa5878e5f7b26d35019a51ec83fbedeca61a948f6f",
+    "items_human_ins.json.gz": "8bc0ae02b37351395091c55b29352ba21a26a231d093c151cf1a83847ca66359",
+}
+
+
+def test_shipped_data_is_webshops_files_unchanged():
+    import gzip
+
+    from eef_tasks.envs.webshop.products import DATA_DIR
+
+    for name, digest in SHIPPED_SHA256.items():
+        assert hashlib.sha256(gzip.decompress((DATA_DIR / name).read_bytes())).hexdigest() == digest
+        assert (DATA_DIR / name).stat().st_size < 1_000_000  # compressed, a few hundred KB at most
+
+
 def test_goals_are_webshops_in_agentgyms_order_and_stable_across_processes():
     data = load_webshop()
     assert len(data.products) == 1000 and len(data.goals) == 6910
