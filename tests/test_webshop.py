@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,7 +63,8 @@ def test_goals_are_webshops_in_agentgyms_order_and_stable_across_processes():
     # goal 0 as AgentGym's webshop server shows it (public evaluation logs of agentenv-webshop)
     assert data.goals[0].instruction_text == GOAL0 and data.goals[0].asin == GOAL0_ASIN
     code = ("from tests.test_webshop import _goal_digest; print(_goal_digest())")
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           cwd=Path(__file__).resolve().parent.parent)
     assert other.stdout.strip() == _goal_digest()  # the price caps do not change per process
 
 
