@@ -49,8 +49,8 @@ from eef_tasks.experts import webshop as experts
 import eef_tasks.envs.webshop.products as P
 
 def copied():
-    raw = P._read_gz_json(P.PRODUCTS_FILE); attrs = P._read_gz_json(P.ATTRIBUTES_FILE)
-    nouns = P._read_gz_json(P.NOUNS_FILE)["nouns"]
+    raw = P.read_gz_json(P.PRODUCTS_FILE); attrs = P.read_gz_json(P.ATTRIBUTES_FILE)
+    nouns = P.read_gz_json(P.NOUNS_FILE)["nouns"]
     products = build_products(raw, attrs, nouns)
     data = WebShopData(tuple(products), {p.asin: p for p in products}, tuple(build_goals(products)))
     return WebShop(data=data, search=ProductSearch(data.products))

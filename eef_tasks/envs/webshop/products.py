@@ -93,7 +93,7 @@ class WebShopData:
     goals: tuple[Goal, ...]
 
 
-def _read_gz_json(path: Path) -> Any:
+def read_gz_json(path: Path) -> Any:
     with gzip.open(path, "rt", encoding="utf-8") as f:
         return json.load(f)
 
@@ -201,8 +201,8 @@ def load_webshop() -> WebShopData:
             f"WebShop data missing from {DATA_DIR}: {', '.join(missing)} (reinstall eef)"
         )
     products = build_products(
-        _read_gz_json(PRODUCTS_FILE), _read_gz_json(ATTRIBUTES_FILE),
-        _read_gz_json(NOUNS_FILE)["nouns"],
+        read_gz_json(PRODUCTS_FILE), read_gz_json(ATTRIBUTES_FILE),
+        read_gz_json(NOUNS_FILE)["nouns"],
     )
     goals = build_goals(products)
     return WebShopData(tuple(products), {p.asin: p for p in products}, tuple(goals))
