@@ -237,7 +237,7 @@ def export_cmd(
 @user_errors
 def collect(
     db: DbOption = store.DEFAULT_DB,
-    env: Annotated[str, typer.Option("--env", help="a registered environment (offline experts: scienceworld)")] = "scienceworld",
+    env: Annotated[str, typer.Option("--env", help="a registered environment (offline experts: scienceworld, webshop)")] = "scienceworld",
     expert: Annotated[str, typer.Option("--expert", help="gold or synthetic (offline experts)")] = "gold",
     tasks: Annotated[list[str] | None, typer.Option("--tasks", help="task names, e.g. boil (repeatable or comma-separated)")] = None,
     task_id: Annotated[list[str] | None, typer.Option("--task-id", help="explicit task ids (repeatable)")] = None,

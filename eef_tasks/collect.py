@@ -60,6 +60,8 @@ from eef_tasks.store import StoreError, reader, writer
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 50
+# backends the offline experts (gold, synthetic) run on: eef's own ScienceWorld and WebShop
+OFFLINE_TASK_ENVS = ("scienceworld", "webshop")
 
 
 @dataclass
@@ -124,8 +126,9 @@ def select_tasks(
             if (wanted_splits is None or s.split in wanted_splits)
             and (wanted_tasks is None or s.meta.get("task_name") in wanted_tasks)
         ]
-    elif catalog == "registry" or (catalog == "eto" and registry.backend(env).task_env == "scienceworld"):
-        specs = registry.catalog(env, split, names)  # the env's registered catalog (ScienceWorld: ETO's split)
+    elif catalog == "registry" or (catalog == "eto" and registry.backend(env).task_env in OFFLINE_TASK_ENVS):
+        # the env's registered catalog (ScienceWorld: ETO's split; WebShop: WebShop's own)
+        specs = registry.catalog(env, split, names)
     elif catalog == "package" and registry.backend(env).task_env == "scienceworld":
         specs = package_catalog(split, tasks=tasks)
     else:
@@ -234,8 +237,9 @@ def collect_experts(
     """Run an offline expert ('gold' or 'synthetic') or, with `expert='llm'` and `llm` (an
     `LLMExpertConfig` or its dict), an LLM expert on tasks and store its trajectories.
 
-    Tasks: `task_ids`, or the `catalog` ('eto': ETO's split; 'package': the game's own) filtered
-    by `split` and `tasks` (task names), first `limit`. `seed` may be a list (the synthetic expert
+    Tasks: `task_ids`, or the `catalog` ('eto': ETO's split; 'package': the game's own; for WebShop
+    'eto' and 'registry' mean WebShop's split) filtered by `split` and `tasks` (task names), first
+    `limit`. `seed` may be a list (the synthetic expert
     gives one trajectory per seed; the gold expert ignores it). Resumable and idempotent: ids
     already stored are skipped. `pool` reuses running workers (its simplifications must match).
     """
@@ -252,11 +256,14 @@ def collect_experts(
         raise EnvError(
             f"unknown expert {expert!r}; offline experts: {', '.join(EXPERTS)}, or {LLM_EXPERT!r}"
         )
-    if env != "scienceworld":
-        raise EnvError(f"offline experts exist only for ScienceWorld, not {env!r}")
+    if env not in OFFLINE_TASK_ENVS:
+        raise EnvError(f"offline experts exist for {' and '.join(OFFLINE_TASK_ENVS)}, not {env!r}")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    simplifications = simplifications if simplifications is not None else DEFAULT_SIMPLIFICATIONS
+    if env == "webshop":  # its experts plan from the goal: no gold-path cache, no game settings
+        simplifications = None
+    else:
+        simplifications = simplifications if simplifications is not None else DEFAULT_SIMPLIFICATIONS
     started = time.monotonic()
     summary = CollectSummary(db_path=str(db_path), env=env, expert=expert)
     specs = select_tasks(env, task_ids=task_ids, split=split, tasks=tasks, catalog=catalog, limit=limit)
@@ -269,12 +276,15 @@ def collect_experts(
 
     out = _Batches(db_path, batch_size, summary)
     golds: dict[str, GoldPath | None] = {
-        spec.task_id: load_gold(spec.task_id, simplifications, cache_dir) for spec, _ in todo
+        spec.task_id: load_gold(spec.task_id, simplifications, cache_dir) if simplifications is not None
+        else None
+        for spec, _ in todo
     }
     # A task with several trajectories to run and no cached gold path gets its path generated
     # first, so that all of them follow the same one (generation is not deterministic).
     runs_per_task = Counter(spec.task_id for spec, _ in todo)
-    shared = [t for t, g in golds.items() if g is None and runs_per_task[t] > 1]
+    shared = [t for t, g in golds.items()
+              if g is None and runs_per_task[t] > 1 and simplifications is not None]
 
     pool, own_pool = _pool_for(pool, min(n_workers, len(todo)), env, retries, timeout_s, simplifications)
     bar = _progress(progress and bool(shared), len(shared), "gold paths")
@@ -348,7 +358,10 @@ def collect_llm(
     config = config if isinstance(config, LLMExpertConfig) else LLMExpertConfig.model_validate(config)
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    simplifications = simplifications if simplifications is not None else DEFAULT_SIMPLIFICATIONS
+    if env != "scienceworld":  # only eef's ScienceWorld driver takes game simplifications
+        simplifications = None
+    elif simplifications is None:
+        simplifications = DEFAULT_SIMPLIFICATIONS
     started = time.monotonic()
     name = config.name
     assert name is not None
@@ -414,14 +427,15 @@ def collect_llm(
 
 
 def _pool_for(
-    pool: EnvPool | None, n_workers: int, env: str, retries: int, timeout_s: float, simplifications: str,
+    pool: EnvPool | None, n_workers: int, env: str, retries: int, timeout_s: float,
+    simplifications: str | None,
 ) -> tuple[EnvPool, bool]:
     """The given pool (its simplifications must be the requested ones), or a new one; and whether
-    it is ours to close."""
+    it is ours to close. `simplifications=None`: an env without them (WebShop)."""
     if pool is None:
-        return EnvPool(n_workers, env, retries=retries, timeout_s=timeout_s,
-                       simplifications=simplifications), True
-    if pool.env_kwargs.get("simplifications", DEFAULT_SIMPLIFICATIONS) != simplifications:
+        kwargs = {} if simplifications is None else {"simplifications": simplifications}
+        return EnvPool(n_workers, env, retries=retries, timeout_s=timeout_s, **kwargs), True
+    if simplifications is not None and pool.env_kwargs.get("simplifications", DEFAULT_SIMPLIFICATIONS) != simplifications:
         raise EnvError("the given pool's simplifications differ from the requested ones")
     return pool, False
 

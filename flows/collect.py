@@ -27,7 +27,7 @@ class CollectParams(BaseModel):
     model_config = ConfigDict(hide_input_in_errors=True)
 
     db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store")
-    env: registry.EnvName = Field("scienceworld", description="a registered environment (offline experts: scienceworld)")
+    env: registry.EnvName = Field("scienceworld", description="a registered environment (offline experts: scienceworld, webshop)")
     expert: Literal["gold", "synthetic", "llm"] = Field("gold", description="gold, synthetic or an LLM endpoint")
     split: list[Literal["train", "dev", "test"]] = Field(default_factory=lambda: ["train"])
     tasks: list[str] = Field(default_factory=list, description="task names, e.g. boil; empty = all")

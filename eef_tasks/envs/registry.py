@@ -19,7 +19,7 @@ This module is the one home of the rules that depend on the environment:
 
 Adding an environment is one entry below: a `TaskEnv` in `TASK_ENVS` for a new task set, a
 `Backend` in `BACKENDS` for a new way to play one (e.g. eef's own WebShop:
-`Backend("webshop", "webshop", "eef_tasks.envs.webshop:WebShop")`).
+`Backend("webshop", "webshop", "eef_tasks.envs.webshop:WebShop")`, beside `agentgym:webshop`).
 """
 
 from __future__ import annotations
@@ -71,14 +71,20 @@ _AGENTGYM_TASK_ENVS = {"sciworld": "scienceworld", "webshop": "webshop", "alfwor
 TASK_ENVS: dict[str, TaskEnv] = {
     "scienceworld": TaskEnv("scienceworld", "eef_tasks.envs.registry:_scienceworld_catalog",
                             "eef_tasks.envs.scienceworld:find_task", "eef_tasks.envs.scienceworld:task_filter"),
+    # WebShop's goals: eef's own catalog (WebShop's split, instructions known without a server);
+    # AgentGym's webshop server plays the same ids
+    "webshop": TaskEnv("webshop", "eef_tasks.envs.registry:_webshop_catalog",
+                       "eef_tasks.envs.webshop.tasks:find_task"),
     **{env: TaskEnv(env, "eef_tasks.envs.registry:_agentgym_catalog", "eef_tasks.envs.agentgym:find_task",
                     args=(env,))
-       for env in ("webshop", "sciworld", "alfworld", "babyai", "textcraft")},
+       for env in ("sciworld", "alfworld", "babyai", "textcraft")},
 }
 
 BACKENDS: dict[str, Backend] = {
     "scienceworld": Backend("scienceworld", "scienceworld", "eef_tasks.envs.scienceworld:ScienceWorld",
                             note="eef's ScienceWorld driver (Java)"),
+    "webshop": Backend("webshop", "webshop", "eef_tasks.envs.webshop:WebShop",
+                       note="eef's WebShop (offline, in-process; 1,000 products)"),
     **{f"{AGENTGYM_PREFIX}{ag}": Backend(f"{AGENTGYM_PREFIX}{ag}", task_env, "eef_tasks.envs.agentgym:AgentGymEnv",
                                          args=(ag,), takes_url=True, note=f"an AgentGym {ag} server")
        for ag, task_env in _AGENTGYM_TASK_ENVS.items()},
@@ -95,6 +101,16 @@ def _scienceworld_catalog(split: Split | Sequence[Split] | None, task_names: Ite
     from eef_tasks.envs import scienceworld  # the game's tables load only when asked for
 
     return scienceworld.catalog(split, tasks=task_names, **kwargs)
+
+
+def _webshop_catalog(split: Split | Sequence[Split] | None, task_names: Iterable[str] | None,
+                     **kwargs: Any) -> list[TaskSpec]:
+    """WebShop's goals (`limit=` keeps the first n per split, as in webshop.catalog)."""
+    from eef_tasks.envs.webshop import tasks  # the product data loads only when asked for
+
+    if task_names:
+        raise EnvError(f"webshop tasks have no names to filter by ({', '.join(task_names)}); give task ids instead")
+    return tasks.catalog(split, **kwargs)
 
 
 def _agentgym_catalog(env: str, split: Split | Sequence[Split] | None, task_names: Iterable[str] | None,
