@@ -35,9 +35,11 @@ def test_backends_name_the_task_env_they_play() -> None:
     assert registry.backend("scienceworld").task_env == "scienceworld"
     assert registry.backend("agentgym:sciworld").task_env == "scienceworld"  # the same task ids
     assert registry.backend("agentgym:webshop").task_env == "webshop"
-    assert registry.backend("webshop").name == "agentgym:webshop"  # no native webshop backend here yet
+    assert registry.backend("webshop").name == "webshop"  # eef's own WebShop
+    assert registry.backend("webshop").task_env == "webshop"
+    assert registry.backend("alfworld").name == "agentgym:alfworld"  # a bare name without a native one
     assert RunConfig(run_id="r", env="agentgym:sciworld").task_env == "scienceworld"
-    with pytest.raises(EnvError, match="unknown environment 'nope'; registered: scienceworld, agentgym:sciworld"):
+    with pytest.raises(EnvError, match="unknown environment 'nope'; registered: scienceworld, webshop, agentgym:sciworld"):
         registry.backend("nope")
     with pytest.raises(PipelineError, match="run settings, env: unknown environment 'nope'"):
         preset_config("tiny", "r", env="nope")

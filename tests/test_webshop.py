@@ -315,3 +315,25 @@ def test_run_expert_on_webshop_gives_expert_records():
     assert [s.action for s in record.steps] == experts.plan("gold", spec.task_id)[0]
     failed = run_expert(env, "webshop/600", "synthetic", seed=1)
     assert failed.traj_id == "synthetic/webshop/600/1" and failed.meta["synthetic"] is True
+
+
+def test_collect_webshop_experts_into_the_store_resumably(tmp_path):
+    import duckdb
+
+    from eef_tasks.collect import collect_experts
+
+    db = tmp_path / "ws.duckdb"
+    gold = collect_experts(db, "webshop", "gold", split="dev", limit=4, progress=False)
+    assert (gold.ran, gold.successes, gold.errors) == (4, 4, [])
+    synthetic = collect_experts(db, "webshop", "synthetic", split="train", limit=5, seed=[0, 1],
+                                progress=False)
+    assert synthetic.ran == 10 and not synthetic.errors
+    again = collect_experts(db, "webshop", "gold", split="dev", limit=4, progress=False)
+    assert again.ran == 0 and again.already_stored == 4  # a rerun writes nothing
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute("SELECT t.env, t.split, count(*) FROM trajectories r JOIN tasks t "
+                           "USING (task_id) GROUP BY ALL ORDER BY 2").fetchall()
+        modes = {m for (m,) in con.execute(
+            "SELECT meta->>'mode' FROM trajectories WHERE expert = 'synthetic'").fetchall()}
+    assert rows == [("webshop", "dev", 4), ("webshop", "train", 10)]
+    assert modes and modes <= {"follow", "follow_recover", "follow_read", *experts.FAILURE_MODES}
