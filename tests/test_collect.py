@@ -47,8 +47,9 @@ def test_select_tasks_filters_the_catalog():
     assert [s.task_id for s in select_tasks(task_ids=TASKS)] == TASKS
     with pytest.raises(EnvError):
         select_tasks(task_ids=["scienceworld/boil/99999"])
-    with pytest.raises(EnvError):
-        select_tasks(env="webshop")
+    with pytest.raises(EnvError, match="unknown catalog 'eto'"):
+        select_tasks(env="agentgym:alfworld")  # no ETO split and no offline experts there
+    assert len(select_tasks(env="webshop", split="test", limit=3)) == 3  # eef's WebShop catalog
 
 
 def test_collect_twice_stores_each_trajectory_once(db_path, cache_dir, pool):
