@@ -11,9 +11,12 @@ gradient accumulation over micro-batches). The loss of an optimizer step is the 
 supervised tokens of its whole effective batch (not a mean of per-micro-batch means), so long and
 short examples weigh by their action tokens. Batches are length-grouped: each epoch shuffles the
 examples, cuts them into megabatches, sorts each megabatch by length and cuts it into
-micro-batches, so little padding is computed; padding never enters the loss. On CUDA the model
-runs in bfloat16 with gradient checkpointing, on CPU in float32. Everything random (LoRA init,
-dropout, shuffling) follows `seed`: on CPU the same seed gives the same adapter weights.
+micro-batches, so little padding is computed; padding never enters the loss. The number format,
+attention kernel and activation checkpointing come from `eef_tasks.precision`: bfloat16 matmuls
+where the device has them (CUDA, and CPUs with AVX-512 BF16 or AMX), the frozen base weights in
+bf16 and the LoRA weights and optimizer state in float32 (autocast), SDPA attention, checkpointing
+on CUDA and for CPU micro-batches above 1,024 tokens; float32 elsewhere. Everything random (LoRA
+init, dropout, shuffling) follows `seed`: on one machine the same seed gives the same adapter weights.
 
 The adapter folder (`save_pretrained`, plus the tokenizer and `eef-train.json` with the config,
 base model, example keys, token counts and losses) is written to a temporary folder beside
@@ -22,6 +25,7 @@ base model, example keys, token counts and losses) is written to a temporary fol
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -40,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from eef_tasks.chat import Turn, load_chat
 from eef_tasks.errors import UserError
+from eef_tasks.precision import Precision, checkpointing_default, choose_precision, load_causal_lm
 from eef_tasks.selection import check_request
 from eef_tasks.store import reader
 from eef_tasks.tokenization import IGNORE_INDEX, EncodedChat, encode_chat
@@ -77,8 +82,10 @@ class TrainConfig(BaseModel):
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     max_steps: int | None = Field(default=None, ge=1, description="stop after this many optimizer steps")
     seed: int = 0
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    gradient_checkpointing: bool | None = Field(default=None, description="None: on with CUDA")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto: bfloat16 where the device multiplies it natively (precision.auto_dtype)")
+    gradient_checkpointing: bool | None = Field(
+        default=None, description="None: on with CUDA and for CPU micro-batches above 1,024 tokens")
     device: str | None = Field(default=None, description="None: cuda when available, else cpu")
 
     @property
@@ -218,15 +225,17 @@ def _summed_loss(model: Any, batch: dict[str, Any], device: Any):
     )
 
 
-def mean_loss(model: Any, examples: list[EncodedChat], pad_id: int, micro_batch: int = 4) -> float:
-    """Mean loss per supervised token of `examples` (no gradient, dropout off)."""
+def mean_loss(model: Any, examples: list[EncodedChat], pad_id: int, micro_batch: int = 4,
+              precision: Precision | None = None) -> float:
+    """Mean loss per supervised token of `examples` (no gradient, dropout off), computed in
+    `precision`'s autocast when given (else in the model's own dtype)."""
     import torch
 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total, n = 0.0, 0
-    with torch.no_grad():
+    with torch.no_grad(), (precision.autocast() if precision else contextlib.nullcontext()):
         for start in range(0, len(examples), micro_batch):
             chunk = examples[start : start + micro_batch]
             total += float(_summed_loss(model, collate(chunk, pad_id), device))
@@ -238,18 +247,23 @@ def mean_loss(model: Any, examples: list[EncodedChat], pad_id: int, micro_batch:
 # --- model set-up -------------------------------------------------------------------------------
 
 
-def _device_and_dtype(config: TrainConfig):
-    import torch
+def training_precision(config: TrainConfig) -> tuple[Precision, bool]:
+    """(precision, activation checkpointing) of a training run with `config`."""
+    precision = choose_precision(config.device, config.dtype)
+    checkpointing = config.gradient_checkpointing
+    if checkpointing is None:
+        checkpointing = checkpointing_default(precision.device, config.micro_batch * config.max_length)
+    return precision, checkpointing
 
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if config.dtype != "auto":
-        dtype = getattr(torch, config.dtype)
-    elif device.type == "cuda" and torch.cuda.is_bf16_supported():
-        dtype = torch.bfloat16
+
+def enable_checkpointing(model: Any) -> None:
+    """Recompute each decoder layer's activations in the backward pass (non-reentrant)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
-        dtype = torch.float32
-    checkpointing = device.type == "cuda" if config.gradient_checkpointing is None else config.gradient_checkpointing
-    return device, dtype, checkpointing
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    model.config.use_cache = False
 
 
 def _seed_everything(seed: int) -> None:
@@ -303,7 +317,7 @@ def train_adapter(
     """Train a fresh LoRA adapter on (run, iteration, method)'s examples and save it in `out_dir`."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from eef_tasks.models import resolve_model
 
@@ -335,17 +349,12 @@ def train_adapter(
     if pad_id is None:
         pad_id = 0  # padding is masked out of attention and loss, any id does
 
-    device, dtype, checkpointing = _device_and_dtype(config)
+    precision, checkpointing = training_precision(config)
+    device = torch.device(precision.device)
     _seed_everything(config.seed)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-    model.to(device)
+    model = load_causal_lm(base, precision)
     if checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-        model.config.use_cache = False
+        enable_checkpointing(model)
     lora = LoraConfig(
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=config.target_modules, task_type="CAUSAL_LM", bias="none",
@@ -353,8 +362,11 @@ def train_adapter(
     _seed_everything(config.seed)  # the LoRA initialisation depends only on the seed
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model = get_peft_model(model, lora)
+        # autocast_adapter_dtype (peft's default, made explicit): LoRA weights in float32 on a bf16 base
+        model = get_peft_model(model, lora, autocast_adapter_dtype=True)
     model.train()
+    if any(p.dtype != torch.float32 for p in model.parameters() if p.requires_grad):
+        raise TrainingError("the LoRA weights are not float32; this peft version does not upcast them")
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -380,7 +392,8 @@ def train_adapter(
                 n_tokens = sum(_n_loss_tokens(encoded[i]) for b in group for i in b)
                 total = 0.0
                 for b in group:
-                    loss = _summed_loss(model, collate([encoded[i] for i in b], pad_id), device) / n_tokens
+                    with precision.autocast():
+                        loss = _summed_loss(model, collate([encoded[i] for i in b], pad_id), device) / n_tokens
                     loss.backward()
                     total += float(loss.detach())
                 if config.max_grad_norm is not None:
@@ -410,8 +423,8 @@ def train_adapter(
     record = {
         **asdict(info),
         "config": config.model_dump(),
-        "device": str(device),
-        "dtype": str(dtype).removeprefix("torch."),
+        **precision.record(),
+        "trainable_dtype": "float32",
         "gradient_checkpointing": checkpointing,
         "losses": losses,
         "examples": [
@@ -464,9 +477,8 @@ def load_policy(base_model: str | Path | None, adapter_dir: str | Path, *, devic
     `base_model` None means the base recorded in the adapter's eef-train.json (else the default
     model). With `merge` the LoRA weights are folded into the base weights (faster generation).
     """
-    import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from eef_tasks.models import resolve_model
 
@@ -477,28 +489,22 @@ def load_policy(base_model: str | Path | None, adapter_dir: str | Path, *, devic
         record = read_train_record(adapter_dir)
         base_model = record["base_model"] if record else None
     base = resolve_model(base_model)
-    device_t = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dtype != "auto":
-        torch_dtype = getattr(torch, dtype)
-    elif device_t.type == "cuda" and torch.cuda.is_bf16_supported():
-        torch_dtype = torch.bfloat16
-    else:
-        torch_dtype = torch.float32
+    precision = choose_precision(device, dtype)
     tok_source = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base
     tokenizer = AutoTokenizer.from_pretrained(tok_source)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
+    model = load_causal_lm(base, precision)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     if merge:
         model = model.merge_and_unload()
-    model.to(device_t)
+    model.to(precision.device)
     model.eval()
     return model, tokenizer
 
 
 __all__ = [
     "AdapterInfo", "ExampleKey", "TRAIN_FILE", "TrainConfig", "TrainingError", "collate",
-    "default_adapter_dir", "length_grouped_batches", "load_policy", "load_training_chats",
-    "mean_loss", "read_train_record", "train_adapter",
+    "default_adapter_dir", "enable_checkpointing", "length_grouped_batches", "load_policy",
+    "load_training_chats", "mean_loss", "read_train_record", "train_adapter", "training_precision",
 ]

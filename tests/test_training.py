@@ -212,3 +212,42 @@ def test_loss_on_supervised_positions_equals_the_full_logits_loss(db):
             logits.reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1),
             ignore_index=IGNORE_INDEX, reduction="sum")
     assert torch.allclose(fast, full, rtol=1e-4), (float(fast), float(full))
+
+
+def test_training_runs_in_the_machines_precision(trained):
+    """bf16 matmuls where the CPU has them, the learned LoRA weights in float32 either way."""
+    from safetensors.torch import load_file
+
+    from eef_tasks.precision import cpu_supports_bf16
+
+    out, _ = trained
+    record = read_train_record(out)
+    assert record["dtype"] == ("bfloat16" if cpu_supports_bf16() else "float32")
+    assert record["attn_implementation"] == "sdpa" and record["trainable_dtype"] == "float32"
+    assert record["gradient_checkpointing"] is False  # 4 x 256 tokens: under the checkpointing threshold
+    weights = load_file(out / "adapter_model.safetensors")
+    assert weights and all(w.dtype == torch.float32 for w in weights.values())
+
+
+# bf16 keeps 8 significant bits (relative rounding 2**-9 per value), so a loss summed over thousands
+# of bf16 products moves by a few tenths of a percent; 1 % of the float32 loss is the stated bound
+BF16_LOSS_RTOL = 0.01
+
+
+def test_bf16_loss_of_a_batch_matches_float32(db, trained):
+    """The trained adapter's mean loss on its own batch, in bf16 autocast vs float32."""
+    from transformers import AutoTokenizer
+
+    from eef_tasks.precision import choose_precision
+
+    out, _ = trained
+    tokenizer = AutoTokenizer.from_pretrained(BASE)
+    encoded = [encode_chat(tokenizer, turns, CONFIG.max_length) for _, turns in load_training_chats(db, RUN, 0, "bc")]
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        model, _ = load_policy(None, out, device="cpu", dtype=dtype)
+        assert model.get_base_model().dtype == getattr(torch, dtype)
+        losses[dtype] = mean_loss(model, encoded, tokenizer.pad_token_id, precision=choose_precision("cpu", dtype))
+    assert losses["bfloat16"] != losses["float32"]  # really computed in another format
+    print("bf16 vs float32 loss", losses)
+    assert abs(losses["bfloat16"] - losses["float32"]) <= BF16_LOSS_RTOL * losses["float32"], losses

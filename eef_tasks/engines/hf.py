@@ -30,6 +30,7 @@ from typing import Any
 from eef_tasks.engines import Generation, SamplingConfig, Session
 from eef_tasks.envs.base import EnvError
 from eef_tasks.models import resolve_model
+from eef_tasks.precision import choose_precision, load_causal_lm
 
 ENGINE_NAME = "hf"
 
@@ -59,15 +60,15 @@ class HFEngine:
     ) -> None:
         # torch and transformers are heavy: imported only when an hf engine is used
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.model_path = resolve_model(str(model_path) if model_path is not None else None)
         self.adapter_dir = str(adapter_dir) if adapter_dir else None
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if dtype is None:
-            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        # dtype None: bf16 where the device multiplies it natively, else float32; SDPA attention
+        self.precision = choose_precision(device, "auto" if dtype is None else str(dtype).removeprefix("torch."))
+        self.device = torch.device(self.precision.device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+        model = load_causal_lm(self.model_path, self.precision)
         if self.adapter_dir:
             try:  # peft is optional: only adapters need it
                 from peft import PeftModel
