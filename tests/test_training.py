@@ -249,5 +249,4 @@ def test_bf16_loss_of_a_batch_matches_float32(db, trained):
         assert model.get_base_model().dtype == getattr(torch, dtype)
         losses[dtype] = mean_loss(model, encoded, tokenizer.pad_token_id, precision=choose_precision("cpu", dtype))
     assert losses["bfloat16"] != losses["float32"]  # really computed in another format
-    print("bf16 vs float32 loss", losses)
     assert abs(losses["bfloat16"] - losses["float32"]) <= BF16_LOSS_RTOL * losses["float32"], losses

@@ -1,0 +1,126 @@
+"""The machine's matmul peak, measured, and the FLOP accounting the throughput benchmarks divide by it.
+
+    .venv/bin/python benchmarks/peak.py [--threads 1] [--size 2048] [--repeats 5]
+
+`matmul_peak(dtype)`: median GFLOP/s of `torch.matmul` of two n x n matrices (2 n^3 FLOPs) after
+one untimed call, on the current torch threads and device. `bench_train.py` and `bench_rollout.py`
+call it in the same run as their measurements (before and after them), because on a shared machine
+only ratios taken together mean anything.
+
+`transformer_flops(model, lengths, head_positions, ...)`: the FLOPs a decoder-only model really
+multiplies for one batch, from its modules and config:
+
+- every `nn.Linear` of the decoder layers (N_body parameters, LoRA factors counted apart as
+  N_lora): forward 2 N per token;
+- attention scores and the weighted sum, causal (only the n(n+1)/2 query-key pairs that exist):
+  2 matmuls x 2 x n(n+1)/2 x (heads x head_dim) per layer and sequence of n tokens;
+- the output head (N_head = vocabulary x hidden) only on `head_positions` (training: the
+  supervised positions; a prefill: one per sequence), as eef computes it;
+- training with a frozen base: backward of the body 2 N_body per token (input gradients only),
+  of the LoRA factors 4 N_lora (input and weight gradients), of attention 2x its forward, of the
+  head 2 N_head per head position; activation checkpointing adds one more forward of the decoder
+  layers (not of the head, which is outside them).
+
+Padding is not counted (it is wasted work); the flash-attention kernel's own recomputation in its
+backward is not counted either. The usual "6 N T" model-FLOP convention is returned beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+DTYPE_NAMES = ("bfloat16", "float32")
+
+
+def matmul_peak(dtype: str, size: int = 2048, repeats: int = 5, device: str = "cpu") -> dict[str, Any]:
+    """Median GFLOP/s of an n x n matmul in `dtype` (and the samples)."""
+    import torch  # heavy: benchmarks only
+
+    dt = getattr(torch, dtype)
+    a = torch.randn(size, size, device=device).to(dt)
+    b = torch.randn(size, size, device=device).to(dt)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    a @ b
+    sync()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        samples.append(2 * size**3 / (time.perf_counter() - t0) / 1e9)
+    return {"dtype": dtype, "size": size, "gflops": statistics.median(samples), "samples": samples}
+
+
+def peaks(size: int = 2048, repeats: int = 5, device: str = "cpu") -> dict[str, dict[str, Any]]:
+    return {d: matmul_peak(d, size, repeats, device) for d in DTYPE_NAMES}
+
+
+def merge_peaks(*runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One peak per dtype over several measurements of one run: the median of all samples."""
+    out = {}
+    for d in DTYPE_NAMES:
+        samples = [s for r in runs for s in r[d]["samples"]]
+        out[d] = {"dtype": d, "size": runs[0][d]["size"], "gflops": statistics.median(samples), "samples": samples}
+    return out
+
+
+def model_sizes(model: Any) -> dict[str, int]:
+    """N_body, N_lora, N_head, layers and attention width of a (peft-wrapped) causal LM."""
+    import torch  # heavy: benchmarks only
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = lm.get_output_embeddings()
+    body = lora = 0
+    for name, module in lm.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module is head:
+            continue
+        if "lora_" in name:
+            lora += module.in_features * module.out_features
+        else:
+            body += module.in_features * module.out_features
+    cfg = lm.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return {"n_body": body, "n_lora": lora, "n_head": head.in_features * head.out_features,
+            "layers": cfg.num_hidden_layers, "attn_width": cfg.num_attention_heads * head_dim}
+
+
+def transformer_flops(sizes: dict[str, int], lengths: list[int], head_positions: int, *,
+                      training: bool, checkpointing: bool = False) -> dict[str, float]:
+    """FLOPs of one batch of sequences of `lengths` (see the module docstring)."""
+    tokens = sum(lengths)
+    attn_fwd = sum(2 * 2 * n * (n + 1) / 2 * sizes["attn_width"] for n in lengths) * sizes["layers"]
+    body_fwd = 2 * sizes["n_body"] * tokens
+    lora_fwd = 2 * sizes["n_lora"] * tokens
+    head_fwd = 2 * sizes["n_head"] * head_positions
+    attn = attn_fwd * ((3 + checkpointing) if training else 1)
+    total = body_fwd + lora_fwd + head_fwd + attn
+    if training:
+        total += 2 * sizes["n_body"] * tokens + 4 * sizes["n_lora"] * tokens + 2 * sizes["n_head"] * head_positions
+        if checkpointing:
+            total += body_fwd + lora_fwd
+    n_matmul = sizes["n_body"] + sizes["n_head"]
+    return {"flops": total, "attention_share": attn / total,
+            "model_flops_6nt": 6 * n_matmul * tokens, "tokens": tokens}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    import torch  # heavy: benchmarks only
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for d, r in peaks(args.size, args.repeats, args.device).items():
+        print(f"{d}: {r['gflops']:,.0f} GFLOP/s (median of {args.repeats}, {args.size}x{args.size}, "
+              f"{torch.get_num_threads()} thread(s), {args.device})")
+
+
+if __name__ == "__main__":
+    main()
