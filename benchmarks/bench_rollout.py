@@ -14,17 +14,30 @@ as ScienceWorld observations look. Every episode has its own instruction, so the
 Both baselines run on `--naive-episodes` of the conversations (default 4) to keep the run short;
 rates are per second of wall time, so they compare directly. Greedy decoding everywhere; each
 reply ends at the end-of-turn token or `--max-new-tokens`. Prints a markdown table.
+
+**Prefill** (`--prefill-batch`, default 8; `--prefill-only` skips the episode rows): for each of
+`--dtypes` (default bfloat16,float32; one engine each, SDPA), one batched engine call with one new
+token on fresh sessions whose chats hold `--prefill-turns` echo turns (a ~1k-token prompt each),
+median of `--repeats`. Its FLOPs are counted by `peak.transformer_flops` (decoder linears and causal
+attention on every prompt token, the head on one position per row; padding not counted) and
+divided by the bf16 and fp32 matmul peaks measured in the same run (`peak.py`), before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import sys
 import time
+from pathlib import Path
 
 from eef_tasks.chat import build_chat, observation_text, parse_action
 from eef_tasks.engines import SamplingConfig
 from eef_tasks.engines.hf import HFEngine
 from eef_tasks.models import default_model_path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peak as peak_mod  # noqa: E402
 
 ROOM = ("This room is called the kitchen. In it, you see: a counter, a sink, a fridge, a stove, "
         "a cupboard, a glass jar, a thermometer, an oven and a door to the hallway.")
@@ -79,6 +92,63 @@ def run_naive(engine: HFEngine, n: int, turns: int, sampling: SamplingConfig) ->
     return {"episodes": n, "tokens": tokens, "prefill": prompt, "prompt": prompt, "wall": wall}
 
 
+def prefill_chats(n: int, turns: int) -> list[list[dict[str, str]]]:
+    convs = chats(n)
+    for chat in convs:
+        for turn in range(turns):
+            echo(chat, f"Thought: I look for it.\nAction: look at counter {turn}", turn)
+    return convs
+
+
+def run_prefill(engine: HFEngine, n: int, turns: int, repeats: int) -> dict:
+    """One batched call with one new token on fresh sessions: the prompt's prefill."""
+    convs = prefill_chats(n, turns)
+    sizes = peak_mod.model_sizes(engine.model)
+    lengths = [len(engine.prompt_ids(c)) for c in convs]
+    flops = peak_mod.transformer_flops(sizes, lengths, n, training=False)
+    one = SamplingConfig(temperature=0.0, max_new_tokens=1)
+    engine.generate([(engine.session("warm"), convs[0])], one)
+    walls = []
+    for r in range(repeats):
+        sessions = [engine.session(f"p{r}-{i}") for i in range(n)]
+        t0 = time.perf_counter()
+        gens = engine.generate(list(zip(sessions, convs, strict=True)), one)
+        walls.append(time.perf_counter() - t0)
+        assert [g.prefill_tokens for g in gens] == lengths
+    wall = statistics.median(walls)
+    return {"dtype": engine.precision.dtype, "rows": n, "tokens": sum(lengths), "max_length": max(lengths),
+            "wall": wall, "walls": walls, "gflop_s": flops["flops"] / wall / 1e9,
+            "attention_share": flops["attention_share"]}
+
+
+def prefill_section(args, model_path: Path) -> None:
+    import torch
+
+    peak_runs = [peak_mod.peaks(device=args.device or "cpu")]
+    rows = []
+    for dtype in args.dtypes:
+        engine = HFEngine(model_path, device=args.device, dtype=dtype, max_batch_size=max(args.prefill_batch, 1))
+        rows.append(run_prefill(engine, args.prefill_batch, args.prefill_turns, args.repeats))
+        print("prefill", rows[-1], flush=True)
+        del engine
+    peak_runs.append(peak_mod.peaks(device=args.device or "cpu"))
+    measured = peak_mod.merge_peaks(*peak_runs)
+    bf16, fp32 = measured["bfloat16"]["gflops"], measured["float32"]["gflops"]
+    print(f"\nprefill, {torch.get_num_threads()} thread(s); matmul peak measured in this run "
+          f"(2048^2, median of {len(measured['bfloat16']['samples'])} samples before and after): "
+          f"bf16 {bf16:,.0f} GFLOP/s, fp32 {fp32:,.0f} GFLOP/s\n")
+    print("| engine dtype | rows | prompt tokens | longest | wall s (median) | tokens/s | GFLOP/s (counted) | "
+          "of bf16 peak | of fp32 peak | attention share |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['dtype']} | {r['rows']} | {r['tokens']:,} | {r['max_length']} | {r['wall']:.2f} | "
+              f"{r['tokens'] / r['wall']:,.0f} | {r['gflop_s']:,.1f} | {r['gflop_s'] / bf16:.1%} | "
+              f"{r['gflop_s'] / fp32:.1%} | {r['attention_share']:.0%} |")
+    if len(rows) > 1:
+        print(f"\n{rows[0]['dtype']} / {rows[1]['dtype']} prefill tokens/s: "
+              f"{rows[1]['wall'] / rows[0]['wall']:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=32)
@@ -87,12 +157,20 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--prefill-batch", type=int, default=8)
+    parser.add_argument("--prefill-turns", type=int, default=8, help="echo turns in each prefill chat")
+    parser.add_argument("--dtypes", type=lambda v: v.split(","), default=["bfloat16", "float32"])
+    parser.add_argument("--repeats", type=int, default=3, help="prefill repeats (median)")
+    parser.add_argument("--prefill-only", action="store_true", help="only the prefill table")
     args = parser.parse_args()
 
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    prefill_section(args, default_model_path())
+    if args.prefill_only:
+        return
     engine = HFEngine(default_model_path(), device=args.device, max_batch_size=max(args.episodes, 1))
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=args.max_new_tokens)
     engine.generate([(engine.session("warmup"), chats(1)[0])], SamplingConfig(0.0, 1.0, 4))

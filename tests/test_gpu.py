@@ -1,5 +1,6 @@
-"""GPU paths (marked `gpu`; skipped without CUDA): bf16 + gradient checkpointing training, and the
-hf engine's cached batched generation equal to plain greedy generate on the device."""
+"""GPU paths (marked `gpu`; skipped without CUDA): bf16 + gradient checkpointing training with float32
+LoRA weights, and the hf engine (bf16 by default, SDPA) whose cached batched generation equals plain
+greedy generate on the device, in float32 and in bf16."""
 
 from __future__ import annotations
 
@@ -35,13 +36,23 @@ def test_training_on_cuda_uses_bf16_and_checkpointing(tmp_path) -> None:
     record = read_train_record(out)
     assert record["device"].startswith("cuda") and record["dtype"] == "bfloat16"
     assert record["gradient_checkpointing"] is True and info.n_optimizer_steps == 1
+    assert record["attn_implementation"] == "sdpa" and record["trainable_dtype"] == "float32"
 
 
-def test_hf_engine_on_cuda_matches_plain_generate() -> None:
+def test_hf_engine_on_cuda_defaults_to_bf16_with_sdpa() -> None:
+    from eef_tasks.engines.hf import HFEngine
+
+    engine = HFEngine(None, device="cuda")
+    assert engine.model.dtype == torch.bfloat16 and engine.precision.attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_hf_engine_on_cuda_matches_plain_generate(dtype) -> None:
     from eef_tasks.engines import SamplingConfig
     from eef_tasks.engines.hf import HFEngine
 
-    engine = HFEngine(None, device="cuda", dtype=torch.float32)
+    engine = HFEngine(None, device="cuda", dtype=dtype)
+    assert engine.model.dtype == dtype
     chats = [[{"role": "user", "content": f"Count to {n}."}] for n in (3, 5, 8)]
     sessions = [engine.session(str(i)) for i in range(len(chats))]
     gens = engine.generate(list(zip(sessions, chats)), SamplingConfig(temperature=0.0, max_new_tokens=12))

@@ -50,6 +50,10 @@ def _chat(instruction: str) -> list[dict[str, str]]:
 def test_cached_batched_generation_equals_plain_generate(engine: HFEngine) -> None:
     """Greedy decoding with per-session KV reuse, batched over sessions of different lengths,
     gives the tokens of `model.generate` on the full history, turn after turn."""
+    from eef_tasks.precision import choose_precision
+
+    # in the dtype the engine runs in on this machine (bf16 on a CPU with bf16 instructions)
+    assert str(engine.model.dtype) == f"torch.{choose_precision('cpu').dtype}"
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=12)
     chats = [
         _chat("Your task is to find a(n) living thing. First, focus on the thing."),

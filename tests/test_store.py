@@ -20,7 +20,7 @@ def test_migrate_creates_contract_tables_and_is_idempotent(tmp_path):
     assert "0001_core_tables.sql" in applied
     assert {"tasks", "trajectories", "steps", "training_examples", "runs"} <= table_names(con)
     assert {"expert_checkpoints", "need_recover_states", "positive_pool", "state_candidates",
-            "win_rates", "example_counts", "expert_summary"} <= table_names(con)
+            "win_rates", "example_counts", "expert_summary", "budget"} <= table_names(con)
     assert store.migrate(con) == []
     assert store.schema_version(con) == len(store.migration_files())
     assert {"run_phases", "store_info"} <= table_names(con)
