@@ -29,9 +29,7 @@ def test_budget_rows_by_run_iteration_and_phase(tmp_path) -> None:
     db = tmp_path / "eef.duckdb"
     con = open_store(db)
     try:
-        con.execute("""INSERT INTO runs (run_id, n_sims, config) VALUES
-                       ('r-eef', 2, $a), ('r-rft', 0, $b)""",
-                    {"a": json.dumps({"config": {"method": "eef"}}), "b": json.dumps({"method": "RFT"})})
+        con.execute("""INSERT INTO runs (run_id, n_sims, method) VALUES ('r-eef', 2, 'eef'), ('r-rft', 0, 'rft')""")
         expert = TrajectoryRecord(traj_id="e1", task_id="t1", env="toy", split="train", instruction="do it",
                                   source="expert", expert="gold", reward=0.0, steps=_steps(5))
         write_trajectories(con, [

@@ -3,7 +3,7 @@
 -- EEF: episodes, env steps, generated tokens per iteration).
 -- Grain: one row per (run_id, iteration, phase) that has a finished phase in run_phases or stored
 --        policy trajectories (a phase killed part-way has rows with finished = false and no wall_s).
--- Inputs: runs (method: config.method, or config.config.method as the pipeline registers runs),
+-- Inputs: runs (method),
 --         run_phases (summary.wall_s; train: n_examples, n_supervised_tokens, n_optimizer_steps),
 --         trajectories (source = 'policy', not another run's; purpose explore / simulate / eval as phase
 --         explore / simulate / evaluate; meta.prompt_tokens, meta.prefill_tokens, meta.completion_tokens).
@@ -14,15 +14,7 @@
 -- before it was recorded, or by an importer), 0 for phases without rollouts (select, train).
 -- A phase rerun after a kill keeps the wall time of its finishing attempt only.
 CREATE OR REPLACE VIEW budget AS
-WITH
-run_methods AS (
-    SELECT
-        run_id,
-        coalesce(lower(config ->> '$.method'), lower(config ->> '$.config.method')) AS method
-    FROM runs
-),
-
-finished_phases AS (
+WITH finished_phases AS (
     SELECT
         run_id,
         iteration,
@@ -66,7 +58,7 @@ rollout_spend AS (
 
 SELECT
     coalesce(spend.run_id, done.run_id) AS run_id,
-    methods.method,
+    runs.method,
     coalesce(spend.iteration, done.iteration) AS iteration,
     coalesce(spend.phase, done.phase) AS phase,
     done.run_id IS NOT NULL AS finished,
@@ -85,5 +77,5 @@ FULL OUTER JOIN finished_phases AS done
     ON done.run_id = spend.run_id
    AND done.iteration = spend.iteration
    AND done.phase = spend.phase
-LEFT JOIN run_methods AS methods
-    ON methods.run_id = coalesce(spend.run_id, done.run_id);
+LEFT JOIN runs
+    ON runs.run_id = coalesce(spend.run_id, done.run_id);
