@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from eef_tasks import adhoc_sql, chat, selection, store
+from eef_tasks import adhoc_sql, chat, interrupt, selection, store
 from eef_tasks.credentials import LLM_KEY_HINT, VLLM_KEY_HINT, refuse_url_credentials
 from eef_tasks.envs import registry
 from eef_tasks.errors import UserError
@@ -41,25 +41,39 @@ DbOption = Annotated[Path, typer.Option("--db", help="the DuckDB store", show_de
 
 
 def user_errors(command):
-    """Turn the errors a user can fix into one clear line on stderr and exit status 1."""
+    """Turn the errors a user can fix into one clear line on stderr and exit status 1; Ctrl-C and
+    SIGTERM into one line too ("interrupted during …; rerun the same command to resume") and
+    exit status 130 / 143, after every child process has stopped (eef_tasks.interrupt)."""
+    name = "eef " + command.__name__.removesuffix("_cmd")
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except UserError as exc:
-            err.print(f"[red]error:[/red] {escape(terminal_text(str(exc)))}")
-            raise typer.Exit(1) from None
-        except duckdb.Error as exc:
-            # DuckDB adds lines (the query, a caret) to parser errors: the first says what is wrong
-            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            err.print(f"[red]DuckDB error:[/red] {escape(terminal_text(first))}")
-            raise typer.Exit(1) from None
-        except BrokenPipeError:
-            # the reader (`| head`) has what it wanted: stop quietly and successfully, and point
-            # stdout at /dev/null so that the interpreter's final flush does not fail again
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise typer.Exit(0) from None
+        with interrupt.handlers(name):
+            try:
+                result = command(*args, **kwargs)
+            except UserError as exc:
+                err.print(f"[red]error:[/red] {escape(terminal_text(str(exc)))}")
+                raise typer.Exit(1) from None
+            except duckdb.Error as exc:
+                # DuckDB adds lines (the query, a caret) to parser errors: the first says what is wrong
+                first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+                err.print(f"[red]DuckDB error:[/red] {escape(terminal_text(first))}")
+                raise typer.Exit(1) from None
+            except BrokenPipeError:
+                # the reader (`| head`) has what it wanted: stop quietly and successfully, and point
+                # stdout at /dev/null so that the interpreter's final flush does not fail again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise typer.Exit(0) from None
+            except BaseException as exc:
+                if not interrupt.is_interrupt(exc):
+                    raise
+                status = interrupt.exit_status(exc)
+            else:
+                if not interrupt.stopping():  # a library may have swallowed it (prefect.serve does)
+                    return result
+                status = interrupt.exit_status()
+            print(interrupt.message(), file=sys.stderr, flush=True)
+            raise typer.Exit(status) from None
 
     return wrapper
 
@@ -264,10 +278,11 @@ def collect(
         llm.update({key: value for key, value in given.items() if value is not None})
         llm = _llm_config(llm)
     names = [task for item in tasks or [] for task in item.split(",") if task]
-    summary = collect_experts(
-        db, env, expert, task_ids=task_id or None, split=split or None, tasks=names or None,
-        catalog=catalog, limit=limit, n_workers=workers, seed=seed or [0], llm=llm,
-    )
+    with interrupt.doing(f"collect of the {expert} expert on {env}"):
+        summary = collect_experts(
+            db, env, expert, task_ids=task_id or None, split=split or None, tasks=names or None,
+            catalog=catalog, limit=limit, n_workers=workers, seed=seed or [0], llm=llm,
+        )
     out.print(
         f"{expert} on {env}: {summary.requested} trajectories requested, {summary.already_stored} "
         f"already stored, {summary.written} written ({summary.successes} successes), "
@@ -344,8 +359,9 @@ def train(
              "max_length": max_length, "max_steps": max_steps, "seed": seed}
     config = training.TrainConfig(**{key: value for key, value in given.items() if value is not None})
     out_dir = out_dir or training.default_adapter_dir(run, iteration, method.value)
-    info = training.train_adapter(db, run, iteration, method.value, out_dir, config,
-                                  base_model=base_model, overwrite=overwrite)
+    with interrupt.doing(f"train of {run} iteration {iteration}"):
+        info = training.train_adapter(db, run, iteration, method.value, out_dir, config,
+                                      base_model=base_model, overwrite=overwrite)
     out.print(
         f"adapter {info.path}: {info.n_examples} examples, {info.n_supervised_tokens} supervised of "
         f"{info.n_tokens} tokens, {info.n_optimizer_steps} optimizer steps, final loss "
@@ -415,12 +431,13 @@ def rollout(
                             "with --served-model")
         engine = VLLMEngine(vllm_url, served_model, adapter, adapter_path_on_server=adapter_path_on_server)
     try:
-        summary = rollouts.run_rollouts(
-            db, run, iteration, episodes, purpose=purpose.value, model_path=base_model,
-            adapter_dir=adapter, n_workers=workers, engine=engine,
-            env=registry.backend(env).name, env_kwargs=registry.env_kwargs(env, env_url),
-            sampling=SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed),
-        )
+        with interrupt.doing(f"{purpose.value} of {run} iteration {iteration}"):
+            summary = rollouts.run_rollouts(
+                db, run, iteration, episodes, purpose=purpose.value, model_path=base_model,
+                adapter_dir=adapter, n_workers=workers, engine=engine,
+                env=registry.backend(env).name, env_kwargs=registry.env_kwargs(env, env_url),
+                sampling=SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed),
+            )
     finally:
         if engine is not None:
             engine.close()
@@ -478,7 +495,8 @@ def run_cmd(
     env_url: Annotated[str | None, typer.Option("--env-url", help="its server, for environments that have one (agentgym:*)")] = None,
 ) -> None:
     """The whole method end to end (Prefect flow `experiment`): expert data, EEF, RFT, comparison."""
-    from flows.pipeline import ExperimentParams, experiment_flow  # Prefect loads only for the flow commands
+    from flows.local_server import temporary_server  # Prefect loads only for the flow commands
+    from flows.pipeline import ExperimentParams, experiment_flow
 
     from eef_tasks.pipeline import preset_config  # RunConfig (pydantic, training settings), only for `eef run`
     from eef_tasks import report  # polars loads only for the commands that use it
@@ -491,7 +509,8 @@ def run_cmd(
     params = _validated(ExperimentParams, dict(
         db=str(db), preset=preset, name=name, expert=expert, rft_samples=rft_samples,
         overrides=overrides, out_dir=str(out_dir)), "run settings")
-    result = experiment_flow(params)
+    with temporary_server():  # none configured: one that stops last and dies with this process
+        result = experiment_flow(params)
     _print_comparison(report.comparison(db, [f"{name}-eef", f"{name}-rft"]),
                       f"EEF vs RFT ({preset} preset; win rates in %)")
     out.print(f"table: {escape(str(result['table']))}  plot: {escape(str(result['plot']))}")
@@ -520,12 +539,13 @@ def evaluate(
     from eef_tasks.pipeline import set_torch_threads
 
     set_torch_threads("evaluate")
-    result = evaluation.evaluate_adapter(
-        db, adapter, run_id=run, iteration=iteration, split=split,
-        task_names=[t for t in (tasks or "").split(",") if t] or None, limit=limit, base_model=base_model,
-        n_workers=workers, max_new_tokens=max_new_tokens, max_steps=max_steps,
-        env=registry.backend(env).name, env_kwargs=registry.env_kwargs(env, env_url),
-    )
+    with interrupt.doing(f"evaluate of {run} iteration {iteration}"):
+        result = evaluation.evaluate_adapter(
+            db, adapter, run_id=run, iteration=iteration, split=split,
+            task_names=[t for t in (tasks or "").split(",") if t] or None, limit=limit, base_model=base_model,
+            n_workers=workers, max_new_tokens=max_new_tokens, max_steps=max_steps,
+            env=registry.backend(env).name, env_kwargs=registry.env_kwargs(env, env_url),
+        )
     out.print(
         f"{escape(result.model_id)} on {result.n_tasks} {split} tasks: win rate {result.win_rate:.1%}, "
         f"mean reward {result.mean_reward:.3f} ({result.written} new, {result.already_stored} already stored"

@@ -19,6 +19,8 @@ from eef_tasks.credentials import LLM_KEY_HINT, refuse_url_credentials
 from eef_tasks.envs import registry
 from eef_tasks.experts.llm import LLMExpertConfig
 
+from flows import local_server  # the __main__ entry point: Ctrl-C / SIGTERM give one line, 130 / 143
+
 
 class CollectParams(BaseModel):
     """What to collect; shown as a form in the Prefect UI."""
@@ -80,4 +82,4 @@ def collect_flow(params: CollectParams = CollectParams()) -> dict:
 
 
 if __name__ == "__main__":
-    collect_flow()
+    local_server.main(collect_flow)

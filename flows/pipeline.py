@@ -42,6 +42,8 @@ from eef_tasks.envs import registry
 from eef_tasks.pipeline import RunConfig, presets
 from flows.collect import CollectParams, collect_flow
 
+from flows import local_server  # the __main__ entry point: Ctrl-C / SIGTERM give one line, 130 / 143
+
 CACHE = INPUTS + TASK_SOURCE
 
 
@@ -300,4 +302,4 @@ def experiment_flow(params: ExperimentParams = ExperimentParams()) -> dict:
 
 
 if __name__ == "__main__":
-    experiment_flow()
+    local_server.main(experiment_flow)

@@ -13,6 +13,8 @@ from prefect import flow, task
 
 from eef_tasks import selection, store
 
+from flows import local_server  # the __main__ entry point: Ctrl-C / SIGTERM give one line, 130 / 143
+
 
 @task(name="select-training-set", retries=2, retry_delay_seconds=5)
 def select_training_set(db: str, run_id: str, iteration: int, method: str, n_sims: int | None) -> dict:
@@ -42,4 +44,4 @@ def select_flow(
 
 
 if __name__ == "__main__":
-    select_flow()
+    local_server.main(select_flow)

@@ -11,6 +11,8 @@ that advances one run by one iteration per trigger ("rerun per iteration"), neve
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,13 +20,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
-import prefect
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.flows import EntrypointType
+from prefect.runner import Runner
 from prefect.schedules import Cron, Interval
 from prefect.settings import get_current_settings
 
-from eef_tasks import store
+from eef_tasks import interrupt, store
 from eef_tasks.errors import UserError
 from flows.collect import CollectParams, collect_flow
 from flows.pipeline import (
@@ -183,8 +185,8 @@ def serve(
     if interval is not None or cron is not None:
         say(f"iteration/{DEPLOYMENT} advances run {iteration_run!r} of {Path(db or store.DEFAULT_DB).resolve()} "
             f"{describe_schedule(interval, cron)}")
-    say("serving until Ctrl-C (schedules are paused on exit); flow runs execute in this process's children")
-    prefect.serve(*built, limit=limit)
+    serve_deployments(built, limit=limit, on_started=lambda: say(
+        "serving until Ctrl-C (schedules are paused on exit); flow runs execute in this process's children"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -196,10 +198,60 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--db", default=str(store.DEFAULT_DB))
     parser.add_argument("--limit", type=int)
     args = parser.parse_args(argv)
+    with interrupt.handlers("python -m flows.serve"):
+        try:
+            serve(args.interval, args.cron, args.run, args.db, args.limit)
+        except UserError as exc:
+            sys.exit(f"error: {exc}")
+        if interrupt.stopping():
+            print(interrupt.message(), file=sys.stderr, flush=True)
+            sys.exit(interrupt.exit_status())
+
+
+class _SignalNotingRunner(Runner):
+    """Prefect's runner, telling eef_tasks.interrupt that its SIGTERM handler ran."""
+
+    def handle_sigterm(self, *args, **kwargs) -> None:
+        interrupt.note_signal(signal.SIGTERM)
+        super().handle_sigterm(*args, **kwargs)
+
+
+def serve_deployments(built: list, limit: int | None = None, on_started: Callable[[], None] | None = None) -> None:
+    """`prefect.serve` (schedules paused on shutdown), except that Ctrl-C and SIGTERM are recorded
+    in `eef_tasks.interrupt` before the runner shuts down, which quiets its console logs and lets
+    the command end with the one interrupt line and 130 / 143. (Prefect's runner replaces every
+    SIGTERM handler by its own graceful shutdown and returns normally, as it does after Ctrl-C.)
+    `on_started` is called once the runner serves (a SIGTERM before that ends it without pausing
+    the schedules: Prefect's runner then simply exits)."""
+    runner = _SignalNotingRunner(pause_on_shutdown=True, limit=limit)
+    for deployment in built:
+        runner.add_deployment(deployment)
+
+    async def serving() -> None:
+        serving_task = asyncio.current_task()
+
+        def on_ctrl_c() -> None:  # what asyncio.run does on Ctrl-C: cancel the main task
+            interrupt.note_signal(signal.SIGINT)
+            serving_task.cancel()
+
+        async def announce() -> None:
+            while not runner.started:
+                await asyncio.sleep(0.1)
+            if on_started is not None:
+                on_started()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, on_ctrl_c)
+        announcing = asyncio.create_task(announce())
+        try:
+            await runner.start()  # cancelled: it stops its flow runs and pauses the schedules
+        finally:
+            announcing.cancel()
+
+    interrupt.quiet_console_logs()
     try:
-        serve(args.interval, args.cron, args.run, args.db, args.limit)
-    except UserError as exc:
-        sys.exit(f"error: {exc}")
+        asyncio.run(serving())
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        pass
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 import eef_tasks.envs as envs
+from eef_tasks import interrupt
 from eef_tasks.envs import agentgym as ag
 from eef_tasks.envs.agentgym import AgentGymEnv, ServerUnavailable
 from eef_tasks.envs.base import EnvCrashed, EnvError, EpisodeOver, same_observation
@@ -462,6 +463,7 @@ class ServerProcess:
             [sys.executable, "-m", "eef_tasks.envs.agentgym_server", "--host", "127.0.0.1",
              "--port", str(port), "--max-envs", "2", "--log-level", "warning", *extra],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=interrupt.die_with_parent,  # never outlives a killed test run (its JVMs follow)
         )
 
     def wait_ready(self, timeout_s: float = 60.0) -> ServerProcess:

@@ -24,9 +24,11 @@ import httpx
 import pytest
 import yaml
 
-from eef_tasks import store
+from eef_tasks import interrupt, store
 from eef_tasks.testing import synthetic_store
 from eef_tasks.errors import UserError
+
+import processes  # noqa: E402 - tests/processes.py
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -78,7 +80,8 @@ class Server:
 def spawn(args: list[str], env: dict[str, str], log: Path, cwd: Path) -> Iterator[subprocess.Popen]:
     with log.open("w") as out:
         proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=interrupt.die_with_parent)  # never outlives a killed test run
     try:
         yield proc
     finally:
@@ -273,3 +276,31 @@ def test_serve_and_work_pool_deployments_run_flows(server, tmp_path):
         state = client.read_flow_run(scheduled.id).state
     assert state.is_completed(), f"{state}\n{tail(worker_log)}"
     assert example_counts(db)[("synthetic-run-1", 1, "rft")] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_serve_stops_on_ctrl_c_and_sigterm(server, tmp_path, sig):
+    """Ctrl-C (SIGINT to the group) or SIGTERM (the main process): schedules paused, one line,
+    130 / 143, and no process of `eef serve` left."""
+    db = tmp_path / "store.duckdb"
+    env = base_env(server.home) | {"PREFECT_API_URL": server.api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    out, err = tmp_path / "serve.out", tmp_path / "serve.err"
+    proc = processes.start([EEF, "serve", "--run", "demo-eef", "--interval", "3600", "--db", str(db)],
+                           env, out, err, cwd=tmp_path)
+    try:
+        wait_for_deployments(server, [f"{name}/served" for name in sorted(FLOW_NAMES)], proc, err)
+        processes.wait_for(lambda: "serving until Ctrl-C" in out.read_text(), proc, 60, "eef serve to serve")
+        with client_of(server) as client:  # registered by this process (an earlier one paused it)
+            processes.wait_for(lambda: not client.read_deployment_by_name("iteration/served").paused, proc, 60,
+                               "the iteration schedule to be active")
+        status, took, after, alive = processes.stop_and_check(proc, sig, err)
+    finally:
+        stop(proc)
+    assert status == 128 + sig, after[-3000:]
+    assert took < 30, f"took {took:.1f} s to stop"
+    assert after.strip().splitlines() == [processes.LINE.format("eef serve")]
+    assert alive == []
+    with client_of(server) as client:
+        assert client.read_deployment_by_name("iteration/served").paused

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from eef_tasks import store
+from eef_tasks import interrupt, store
 from eef_tasks.collect import collect_experts
 from eef_tasks.envs.pool import EnvPool
 from eef_tasks.chat import parse_action
@@ -181,6 +181,7 @@ def model_server(model_path, tmp_path_factory) -> Iterator[str]:
             [str(exe), "serve", str(model_path), "--host", "127.0.0.1", "--port", str(port),
              "--device", "cpu", "--log-level", "warning"],
             stdout=out, stderr=subprocess.STDOUT, env=env,
+            preexec_fn=interrupt.die_with_parent,  # never outlives a killed test run
         )
     base = f"http://127.0.0.1:{port}"
     try:

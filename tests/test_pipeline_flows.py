@@ -5,7 +5,10 @@ synthetic expert, real SmolLM2 training and rollouts, a real (temporary) Prefect
   iteration, evaluation rows, artifacts, the comparison files.
 - resume: `eef run` killed with SIGKILL in the middle of iteration 1 and run again ends with
   exactly the keys of the uninterrupted run, nothing duplicated, and what was stored before the
-  kill untouched.
+  kill untouched; no process of the killed run (temporary Prefect server included) survives it.
+- stopping: the same after Ctrl-C (SIGINT to the process group) and SIGTERM (to `eef run` only)
+  inside the explore phase, which moreover exit within seconds with one line and 130 / 143, and
+  leave the flow and task runs marked crashed on the server.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pytest
 from eef_tasks import pipeline, store
 
 from game import needs_java  # noqa: E402
+from processes import LINE, cmdline, has_descendant, start, stop_and_check, survivors, tree, wait_for  # noqa: E402
 
 pytestmark = [
     needs_java,
@@ -144,12 +148,15 @@ def test_killed_run_resumes_to_the_same_rows(full_run, tmp_path) -> None:
         with store.reader(db) as con:
             explored = sorted(con.execute(
                 "SELECT traj_id, reward, n_steps, meta::VARCHAR FROM trajectories WHERE purpose = 'explore'").fetchall())
+        procs = tree(proc.pid)  # eef run, the temporary Prefect server, the phase, its workers and JVMs
+        assert any("uvicorn" in cmdline(p) for p in procs)
         os.kill(proc.pid, signal.SIGKILL)  # the flow process only: its phase child must die with it
         proc.wait(timeout=30)
         deadline = time.monotonic() + 15
-        while _phase_children(db) and time.monotonic() < deadline:
+        while (_phase_children(db) or survivors(procs)) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert _phase_children(db) == [], "a phase process outlived the killed flow"
+        assert survivors(procs) == [], "processes outlived the killed flow"
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # leftovers, e.g. the temporary Prefect server
@@ -157,6 +164,11 @@ def test_killed_run_resumes_to_the_same_rows(full_run, tmp_path) -> None:
             pass
     assert ("t-eef", 1, "train") not in before["phases"]
 
+    _rerun_ends_like_the_full_run(db, tmp_path, env, full_db, before, explored)
+
+
+def _rerun_ends_like_the_full_run(db: Path, tmp_path: Path, env: dict, full_db: Path, before: dict,
+                                  explored: list[tuple]) -> None:
     rerun = subprocess.run(_eef_run_args(db, tmp_path), capture_output=True, text=True, timeout=900, env=env)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "EEF vs RFT" in rerun.stdout and "t-eef" in rerun.stdout and "t-rft" in rerun.stdout
@@ -177,3 +189,53 @@ def test_killed_run_resumes_to_the_same_rows(full_run, tmp_path) -> None:
         assert states[0] == states[1]
     for run in RUNS:
         assert pipeline.next_iteration(db, run) is None
+
+
+def _prefect_states(home: Path) -> dict[str, list[str]]:
+    """Flow and task run states as the temporary server stored them (SQLite under PREFECT_HOME)."""
+    import sqlite3
+
+    with sqlite3.connect(home / "prefect.db") as con:
+        return {table: sorted(r[0] for r in con.execute(f"SELECT state_type FROM {table}"))
+                for table in ("flow_run", "task_run")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_stopped_run_exits_cleanly_and_resumes_to_the_same_rows(full_run, tmp_path, sig) -> None:
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) or SIGTERM (to `eef run` only,
+    as `docker stop` sends it) inside a model phase: the phase process, the flow (marked crashed on
+    the server), then the temporary server stop; one line, 130 / 143; the rerun resumes."""
+    _, full_db, _, _ = full_run
+    db, home = tmp_path / "eef.duckdb", tmp_path / "prefect-home"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PREFECT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    err = tmp_path / "err.log"
+    proc = start(_eef_run_args(db, tmp_path), env, tmp_path / "out.log", err)
+    try:
+        wait_for(has_descendant(proc, "eef_tasks.pipeline explore"), proc, 600, "iteration 1's explore phase")
+        wait_for(has_descendant(proc, "java"), proc, 120, "the explore phase's games to start")
+        time.sleep(1.0)
+        procs = tree(proc.pid)
+        assert any("uvicorn" in cmdline(p) for p in procs)
+        status, took, after, alive = stop_and_check(proc, sig, err)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert status == 128 + sig, after[-3000:]
+    assert took < 60, f"took {took:.1f} s to stop"
+    assert after.strip().splitlines() == [LINE.format("explore of t-eef iteration 1")]
+    assert "Traceback" not in err.read_text()
+    assert alive == [], "processes of the run survived it"
+    states = _prefect_states(home)
+    assert "RUNNING" not in states["flow_run"] + states["task_run"], states
+    assert "CRASHED" in states["flow_run"] and "CRASHED" in states["task_run"], states
+
+    before = _rows(db)
+    assert ("t-eef", 1, "explore") not in before["phases"] and ("t-eef", 0, "evaluate") in before["phases"]
+    with store.reader(db) as con:
+        explored = sorted(con.execute(
+            "SELECT traj_id, reward, n_steps, meta::VARCHAR FROM trajectories WHERE purpose = 'explore'").fetchall())
+    _rerun_ends_like_the_full_run(db, tmp_path, env, full_db, before, explored)

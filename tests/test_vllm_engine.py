@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from eef_tasks import store
+from eef_tasks import interrupt, store
 from eef_tasks.chat import observation_text
 from eef_tasks.credentials import CredentialError
 from eef_tasks.envs.base import EnvError
@@ -75,6 +75,7 @@ class StandIn:
                 [sys.executable, str(HERE / "openai_lora_server.py"), "--model", str(self.model_path),
                  "--served-model-name", BASE, "--port", str(self.port)],
                 stdout=out, stderr=subprocess.STDOUT, env=env,
+                preexec_fn=interrupt.die_with_parent,  # never outlives a killed test run
             )
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from eef_tasks import interrupt
 from eef_tasks.envs.base import EnvCrashed, EnvError, find_drift
 
 DEFAULT_TIMEOUT_S = 600.0
@@ -125,6 +126,10 @@ def make_env(env_name: str, env_kwargs: dict[str, Any]) -> Any:
 
 def _worker_main(conn: Connection, env_name: str, env_kwargs: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when workers stop
+    # ... or its death does (its JVM follows: --die-on-broken-pipe). Polled, not a parent-death
+    # signal: rollout slots start pools from threads that end before their pool does
+    creator = mp.parent_process()
+    interrupt.exit_with_parent(parent=creator.pid if creator is not None else None)
     try:
         env = make_env(env_name, env_kwargs)
     except BaseException as exc:  # noqa: BLE001 - reported to the driver
@@ -413,11 +418,15 @@ class EnvPool:
                         yield finished
         finally:
             # an abandoned iteration (error, KeyboardInterrupt, break): workers still holding a job
-            # are in an unknown state; replace them so the pool stays usable
+            # are in an unknown state; replace them so the pool stays usable — unless this
+            # process is stopping (Ctrl-C, SIGTERM), when new workers would only delay the exit
             for i, worker in enumerate(self._workers):
                 if worker.job is not None:
                     worker.kill()
-                    self._workers[i] = self._spawn()
+                    if not interrupt.stopping():
+                        self._workers[i] = self._spawn()
+            if interrupt.stopping():
+                self._workers = [w for w in self._workers if w.job is None]
 
     def _start(self, worker: _Worker, job: _Job) -> tuple[int, Any] | None:
         job.attempts += 1

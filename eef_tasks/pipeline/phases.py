@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from eef_tasks import evaluation, rollout, selection, store
+from eef_tasks import evaluation, interrupt, rollout, selection, store
 from eef_tasks.engines import SamplingConfig
 from eef_tasks.engines.hf import HFEngine
 from eef_tasks.envs import registry
@@ -56,7 +56,8 @@ def run_phase(db: str | Path, run_id: str, iteration: int, phase: str, progress:
         return {**done, "skipped": True}
     require_earlier_phases(db, config, iteration, phase)
     started = time.time()
-    with gpu_slot() if phase in MODEL_PHASES else contextlib.nullcontext():
+    with interrupt.doing(f"{phase} of {run_id} iteration {iteration}"), \
+            gpu_slot() if phase in MODEL_PHASES else contextlib.nullcontext():
         summary = PHASE_FUNCTIONS[phase](db, config, iteration, progress)
     return mark_phase(db, run_id, iteration, phase, started, summary)
 

@@ -3,23 +3,24 @@
 `python -m eef_tasks.pipeline PHASE --db DB --run RUN --iteration N` runs one phase (the Prefect
 flows do this for model work): it logs to stderr and reports progress and its result as
 `@@progress [done, total]` / `@@result {...}` lines on stdout. `run_phase_process` is the parent's
-side: it starts the child, forwards its log lines and progress, and returns its result.
+side: it starts the child, forwards its log lines and progress, and returns its result. The child
+dies with its parent; on Ctrl-C or SIGTERM the parent stops it first (eef_tasks.interrupt), and a
+stopped child exits quietly with 130 / 143.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from eef_tasks import interrupt
 from eef_tasks.errors import UserError
 from eef_tasks.pipeline.phases import run_phase
 from eef_tasks.pipeline.runs import PHASES
@@ -29,12 +30,6 @@ PROGRESS_PREFIX = "@@progress "
 RESULT_PREFIX = "@@result "
 
 
-def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: the child gets SIGKILL when the thread that started it dies (e.g. kill -9 of a flow)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 def run_phase_process(
     db: str | Path, run_id: str, iteration: int, phase: str, *,
@@ -43,14 +38,21 @@ def run_phase_process(
 ) -> dict:
     """Run one phase in a fresh Python process (`python -m eef_tasks.pipeline`), forwarding its log
     lines to `on_log` and its progress to `on_progress`; returns the phase summary. The child dies
-    with its parent. A failing child raises PipelineError with the last lines of its log."""
+    with its parent (even by SIGKILL); on Ctrl-C or SIGTERM it is stopped first and given
+    `interrupt.CHILD_GRACE_S` to stop its own workers. A failing child raises PipelineError with the
+    last lines of its log."""
     cmd = [sys.executable, "-m", "eef_tasks.pipeline", phase, "--db", str(db), "--run", run_id,
            "--iteration", str(iteration)]
-    proc = subprocess.Popen(
+    with interrupt.doing(f"{phase} of {run_id} iteration {iteration}"):
+        return _supervise_phase(cmd, phase, run_id, iteration, on_log, on_progress, env)
+
+
+def _supervise_phase(cmd, phase, run_id, iteration, on_log, on_progress, env) -> dict:
+    proc = interrupt.supervise(subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
-        preexec_fn=_set_parent_death_signal if sys.platform.startswith("linux") else None,
-    )
+        preexec_fn=interrupt.die_with_parent,
+    ))
     result: dict | None = None
     tail: list[str] = []
     try:
@@ -69,10 +71,10 @@ def run_phase_process(
             if on_log is not None and line.strip():
                 on_log(line)
         rc = proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
+    except BaseException as exc:
+        interrupt.stop_process(proc, grace_s=interrupt.CHILD_GRACE_S if interrupt.is_interrupt(exc) else 0)
         raise
+    interrupt.release(proc)
     if rc != 0 or result is None:
         raise PipelineError(
             f"{phase} of run {run_id!r} iteration {iteration} failed (exit status {rc}):\n" + "\n".join(tail[-10:])
@@ -111,10 +113,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(PROGRESS_PREFIX + json.dumps([done, total]), flush=True)
 
     set_torch_threads(args.phase)
-    try:
-        summary = run_phase(args.db, args.run, args.iteration, args.phase, progress)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
+    with interrupt.handlers(f"{args.phase} of {args.run} iteration {args.iteration}"):
+        try:
+            summary = run_phase(args.db, args.run, args.iteration, args.phase, progress)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return 1
+        except interrupt.Interrupted as exc:  # stopped: its workers are gone, nothing half-written
+            print(interrupt.message(), file=sys.stderr, flush=True)
+            return interrupt.exit_status(exc)
     print(RESULT_PREFIX + json.dumps(summary, default=str), flush=True)
     return 0
