@@ -18,7 +18,6 @@ from eef_tasks.collect import collect_experts
 from eef_tasks.credentials import LLM_KEY_HINT, refuse_url_credentials
 from eef_tasks.envs import registry
 from eef_tasks.experts.llm import LLMExpertConfig
-
 from flows import local_server  # the __main__ entry point: Ctrl-C / SIGTERM give one line, 130 / 143
 
 

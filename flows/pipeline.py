@@ -40,9 +40,8 @@ from eef_tasks import pipeline, report, store
 from eef_tasks.credentials import VLLM_KEY_HINT, refuse_url_credentials
 from eef_tasks.envs import registry
 from eef_tasks.pipeline import RunConfig, presets
-from flows.collect import CollectParams, collect_flow
-
 from flows import local_server  # the __main__ entry point: Ctrl-C / SIGTERM give one line, 130 / 143
+from flows.collect import CollectParams, collect_flow
 
 CACHE = INPUTS + TASK_SOURCE
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from prefect import flow, task
 
 from eef_tasks import selection, store
-
 from flows import local_server  # the __main__ entry point: Ctrl-C / SIGTERM give one line, 130 / 143
 
 
