@@ -23,6 +23,7 @@ ours), so every interrupt exception is recognised here by `is_interrupt`, not by
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -35,6 +36,12 @@ from dataclasses import dataclass, field
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 CHILD_GRACE_S = 10.0  # a phase process gets this long to stop its workers before SIGKILL
+PR_SET_PDEATHSIG = 1
+
+try:  # loaded once here: a `preexec_fn` runs in a forked child, where loading libraries is unsafe
+    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform.startswith("linux") else None
+except OSError:  # pragma: no cover - a Linux without glibc
+    _LIBC = None
 
 
 class Interrupted(KeyboardInterrupt):
@@ -117,6 +124,7 @@ def handlers(command: str = "eef") -> Iterator[None]:
         return
     previous = {s: signal.getsignal(s) for s in SIGNALS}
     _state.installed, _state.command = True, command
+    _state.signum, _state.during, _state.handled = None, None, set()  # a new command (tests run several)
     try:
         for s in SIGNALS:
             signal.signal(s, _handler)
@@ -192,14 +200,8 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
     (PR_SET_PDEATHSIG). Call it in a child: as `preexec_fn` of Popen (the forking thread waits
     for the exec, so the parent cannot have gone before the call). Nothing checks `getppid()`
     against 1: in a container eef itself may be process 1."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # 1 = PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, sig)
 
 
 def exit_with_parent(poll_s: float = 0.5, parent: int | None = None) -> None:
