@@ -75,7 +75,10 @@ class StandIn:
                 [sys.executable, str(HERE / "openai_lora_server.py"), "--model", str(self.model_path),
                  "--served-model-name", BASE, "--port", str(self.port)],
                 stdout=out, stderr=subprocess.STDOUT, env=env,
-                preexec_fn=interrupt.die_with_parent,  # never outlives a killed test run
+                # never outlives a killed test run; but PR_SET_PDEATHSIG fires when the *thread* that
+                # started the server ends, so a restart from a timer thread goes without it
+                preexec_fn=(interrupt.die_with_parent
+                            if threading.current_thread() is threading.main_thread() else None),
             )
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
