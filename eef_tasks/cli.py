@@ -199,6 +199,7 @@ def import_cmd(
     expert: Annotated[str, typer.Option("--expert", help="conversations: the expert's name, e.g. gpt-4")] = "imported",
     reward: Annotated[float | None, typer.Option("--reward", help="conversations: reward when records have none")] = None,
     task_prefix: Annotated[str | None, typer.Option("--task-prefix", help="conversations: task_id = prefix + id (default '<env>/')")] = None,
+    sims: Annotated[int | None, typer.Option("--sims", min=0, help="M of runs that are new to the store and whose records carry no run_n_sims")] = None,
 ) -> None:
     """Import trajectories; a malformed record names its line and field and nothing is written."""
     from eef_tasks import trajectory_io  # polars and pydantic load only for the commands that use them
@@ -214,7 +215,7 @@ def import_cmd(
     else:
         records = trajectory_io.read_eef_jsonl(path)
     with store.writer(db) as con:
-        result = trajectory_io.import_records(con, records)
+        result = trajectory_io.import_records(con, records, n_sims=sims)
     out.print(
         f"{path}: {result.trajectories_added} trajectories added ({result.steps_added} steps), "
         f"{result.trajectories_skipped} already present, {result.tasks_added} new tasks"

@@ -55,8 +55,10 @@ class TrajectoryRecord(BaseModel):
 
     `success` and `n_steps` are derived from `reward` and `steps`; when given they must agree.
     `env`, `split` and `instruction` (with the optional `task_max_steps` and `task_meta`) describe
-    the task and are needed only when the task is not in the store yet. Without a `traj_id` one is derived from the content, so that importing the
-    same file twice stores each trajectory once.
+    the task and are needed only when the task is not in the store yet. `run_n_sims` (a policy
+    trajectory's run's M, as `eef export` writes it) registers the run when it is not in the store
+    yet. Without a `traj_id` one is derived from the content, so that importing the same file
+    twice stores each trajectory once.
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -69,6 +71,7 @@ class TrajectoryRecord(BaseModel):
     task_max_steps: int | None = Field(default=None, gt=0, le=INT32_MAX)
     task_meta: dict[str, Any] | None = None
     run_id: str | None = None
+    run_n_sims: int | None = Field(default=None, ge=0, le=INT32_MAX)
     source: Literal["expert", "policy"]
     expert: str | None = None
     model_id: str | None = None
@@ -94,6 +97,8 @@ class TrajectoryRecord(BaseModel):
             raise ValueError("expert trajectories have no run_id and iteration 0")
         if self.source == "policy" and not self.run_id:
             raise ValueError("policy trajectories belong to a run: run_id is required")
+        if self.run_n_sims is not None and self.source != "policy":
+            raise ValueError("run_n_sims describes a policy trajectory's run: expert trajectories have none")
         if self.success is None:
             self.success = self.reward == 1.0
         elif self.success != (self.reward == 1.0):
@@ -208,8 +213,15 @@ def write_trajectories(
     con: duckdb.DuckDBPyConnection,
     records: list[TrajectoryRecord],
     tasks: list[TaskRecord] | None = None,
+    *,
+    registered_runs: bool = False,
+    n_sims: int | None = None,
 ) -> WriteResult:
-    """Write tasks, trajectories and steps in one transaction (all or nothing)."""
+    """Write tasks, trajectories and steps in one transaction (all or nothing).
+
+    With `registered_runs` (the importer), every policy trajectory's run must be in `runs` or be
+    registered here, in the same transaction, with its M: the record's `run_n_sims`, else
+    `n_sims`. The pipeline registers its runs before it writes, so its writers need no check."""
     # tasks passed explicitly come last so that their max_steps/meta win over the bare task a
     # record describes (write_tasks keeps the last copy of equal tasks)
     tasks = [t for r in records if (t := r.task()) is not None] + list(tasks or [])
@@ -252,6 +264,8 @@ def write_trajectories(
         )
         _insert_frame(con, "trajectories_frame", trajectories, _INSERT_TRAJECTORIES)
         _check_branches(con, [r.traj_id for r in new if r.purpose == "simulate"])
+        if registered_runs:
+            _register_runs(con, new, n_sims)
         _insert_frame(con, "steps_frame", steps, _INSERT_STEPS)
     return WriteResult(tasks_added, len(new), len(unique) - len(new), steps.height)
 
@@ -326,8 +340,38 @@ def _insert_frame(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame
         con.execute(sql).fetchall()
 
 
+def _register_runs(con: duckdb.DuckDBPyConnection, records: list[TrajectoryRecord], n_sims: int | None) -> None:
+    """Register the runs of policy records, or refuse a record whose run cannot be registered:
+    selection places a run's checkpoints by its M, so a run's rows never arrive without one."""
+    declared: dict[str, tuple[int, TrajectoryRecord]] = {}
+    for r in records:
+        if r.run_id is None or r.run_n_sims is None:
+            continue
+        earlier = declared.setdefault(r.run_id, (r.run_n_sims, r))
+        if earlier[0] != r.run_n_sims:
+            raise RecordError(f"run {r.run_id!r} is given M = {earlier[0]} (trajectory {earlier[1].traj_id!r}) "
+                              f"and M = {r.run_n_sims} here", field="run_n_sims", traj_id=r.traj_id)
+    for r in records:
+        if r.run_id is None:
+            continue
+        row = first_row(con, "SELECT n_sims FROM runs WHERE run_id = $r", {"r": r.run_id})
+        if row is not None:
+            if r.run_n_sims is not None and r.run_n_sims != row[0]:
+                raise RecordError(f"run {r.run_id!r} is stored with M = {row[0]} simulations per failed "
+                                  f"expert trajectory, not {r.run_n_sims}", field="run_n_sims", traj_id=r.traj_id)
+            continue
+        m = declared[r.run_id][0] if r.run_id in declared else n_sims
+        if m is None:
+            raise RecordError(
+                f"run {r.run_id!r} is not registered: give its M (simulations per failed expert "
+                "trajectory) with `eef import --sims M`, or import a file written by `eef export`, "
+                "which carries it as run_n_sims", field="run_id", traj_id=r.traj_id)
+        con.execute("INSERT INTO runs (run_id, n_sims) VALUES ($r, $m)", {"r": r.run_id, "m": m})
+
+
 def _trajectory_row(r: TrajectoryRecord) -> dict[str, Any]:
-    row = r.model_dump(exclude={"steps", "env", "split", "instruction", "task_max_steps", "task_meta", "meta"})
+    row = r.model_dump(exclude={"steps", "env", "split", "instruction", "task_max_steps", "task_meta", "meta",
+                                "run_n_sims"})
     row["meta"] = json_text(r.meta) if r.meta else None  # strict JSON (a NaN becomes null)
     row["content_hash"] = r.content_hash()
     return row

@@ -283,14 +283,16 @@ def read_conversations(
     ])
 
 
-def import_records(con: duckdb.DuckDBPyConnection, records: list[TrajectoryRecord]) -> WriteResult:
+def import_records(con: duckdb.DuckDBPyConnection, records: list[TrajectoryRecord],
+                   n_sims: int | None = None) -> WriteResult:
     """Write the records in one transaction; for records read from a file, a record that breaks
-    a rule (a duplicate, a task clash, a simulation of a missing or successful expert trajectory)
-    is reported with the file's line."""
+    a rule (a duplicate, a task clash, a simulation of a missing or successful expert trajectory,
+    a policy trajectory of a run that is neither stored nor given its M) is reported with the
+    file's line. `n_sims` is M for runs that are neither in the store nor carry `run_n_sims`."""
     if isinstance(records, FileRecords):
         _check_within_file(records)
     try:
-        return write_trajectories(con, records)
+        return write_trajectories(con, records, registered_runs=True, n_sims=n_sims)
     except RecordError as exc:
         if not isinstance(records, FileRecords):
             raise
@@ -335,13 +337,14 @@ def export_jsonl(
     """Write trajectories (with their task description) as eef JSONL; returns how many."""
     rows = con.sql(
         """SELECT t.traj_id, t.task_id, k.env, k.split, k.instruction, k.max_steps AS task_max_steps,
-                  k.meta AS task_meta, t.run_id, t.source,
+                  k.meta AS task_meta, t.run_id, r.n_sims AS run_n_sims, t.source,
                   t.expert, t.model_id, t.iteration, t.purpose, t.branch_traj_id, t.branch_step,
                   t.reward, t.meta,
                   (SELECT list({'thought': s.thought, 'action': s.action,
                                 'observation': s.observation, 'reward': s.reward} ORDER BY s.step)
                    FROM steps AS s WHERE s.traj_id = t.traj_id) AS steps
            FROM trajectories AS t JOIN tasks AS k ON k.task_id = t.task_id
+           LEFT JOIN runs AS r ON r.run_id = t.run_id
            WHERE ($run_id IS NULL OR t.run_id = $run_id)
              AND ($source IS NULL OR t.source = $source)
              AND ($purpose IS NULL OR t.purpose = $purpose)
@@ -353,5 +356,7 @@ def export_jsonl(
         for key in ("meta", "task_meta"):
             record[key] = json.loads(record[key]) if record[key] else None
         record["steps"] = record["steps"] or []
+        if record["run_n_sims"] is None:
+            del record["run_n_sims"]
         out.write(json_text(record) + "\n")  # strict JSON: a NaN reward stored earlier is null
     return rows.height

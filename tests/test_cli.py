@@ -50,7 +50,7 @@ def test_new_user_flow(tmp_path):
     db = tmp_path / "store.duckdb"
     assert f"schema version {len(store.migration_files())}" in eef("init", "--db", db).stdout
     assert "already up to date" in eef("init", "--db", db).stdout
-    assert "3 trajectories added" in eef("import", expert_and_simulation(tmp_path), "--db", db).stdout
+    assert "3 trajectories added" in eef("import", expert_and_simulation(tmp_path), "--db", db, "--sims", "2").stdout
     out = eef("import", DATA / "eto_sciworld_sample.json", "--db", db, "--env", "scienceworld",
               "--reward", "1", "--expert", "gpt-4").stdout
     assert "2 trajectories added" in out
@@ -136,12 +136,14 @@ def test_select_errors_are_clear(tmp_path):
 
 def test_export_import_round_trip_through_files(tmp_path):
     a, b = tmp_path / "a.duckdb", tmp_path / "b.duckdb"
-    eef("import", expert_and_simulation(tmp_path), "--db", a)
+    eef("import", expert_and_simulation(tmp_path), "--db", a, "--sims", "2")
     eef("export", tmp_path / "out.jsonl", "--db", a)
     assert not (tmp_path / "out.jsonl.partial").exists()
     eef("import", tmp_path / "out.jsonl", "--db", b)
     query = "SELECT * EXCLUDE (created_at) FROM trajectories ORDER BY traj_id"
     assert sql_json(a, query) == sql_json(b, query)
+    runs = "SELECT run_id, n_sims FROM runs ORDER BY run_id"  # the export carries each run's M
+    assert sql_json(a, runs) == sql_json(b, runs)
     assert eef("export", "-", "--db", b, "--purpose", "simulate").stdout.count("\n") == 1
 
 

@@ -242,6 +242,9 @@ def import_error(tmp_path, rows, db=None, **read) -> trajectory_io.ImportFileErr
      "branch_traj_id", "has only 3 actions"),
     ([simulation(run_id=None)], "(record)", "run_id is required"),
     ([{k: v for k, v in simulation().items() if k != "run_id"}], "(record)", "run_id is required"),
+    ([simulation(run_id="ghost")], "run_id", "run 'ghost' is not registered"),
+    ([simulation(run_n_sims=2), simulation(traj_id="s2", run_n_sims=3)], "run_n_sims", "M = 2"),
+    ([expert(traj_id="e3", run_n_sims=2)], "(record)", "expert trajectories have none"),
     ([expert(traj_id="e3", reward=True)], "reward", "valid number"),
     ([expert(traj_id="e3", reward="1")], "reward", "valid number"),
     ([expert(traj_id="e3", iteration=2**40)], "iteration", "less than or equal"),
@@ -316,6 +319,27 @@ def test_cross_task_simulations_cannot_make_need_recover_states(tmp_path):
     assert error.line == 3
     with store.reader(tmp_path / "s.duckdb") as con:
         assert con.execute("SELECT count(*) FROM need_recover_states").fetchall() == [(0,)]
+
+
+def test_policy_rows_arrive_only_with_their_run_and_its_m(tmp_path):
+    """Selection places a run's checkpoints by its M: an import never leaves policy rows of a run
+    the store does not know, and never changes a known run's M."""
+    path = jsonl(tmp_path / "sim.jsonl", [expert(), simulation()])
+    db = tmp_path / "cli.duckdb"
+    proc = eef("import", path, "--db", db, check=False)
+    assert "sim.jsonl, line 2, field run_id: run 'run' is not registered" in one_line_error(proc)
+    assert "--sims M" in proc.stderr
+    with store.reader(db) as con:
+        assert counts(con) == {"tasks": 0, "trajectories": 0, "steps": 0, "runs": 0}
+    assert "2 trajectories added" in eef("import", path, "--db", db, "--sims", "2").stdout
+    with store.reader(db) as con:
+        assert con.execute("SELECT run_id, n_sims FROM runs").fetchall() == [("run", 2)]
+    # a stored run keeps its M: a record saying otherwise is refused, --sims does not apply to it
+    again = jsonl(tmp_path / "again.jsonl", [simulation(traj_id="s9", run_n_sims=4)])
+    proc = eef("import", again, "--db", db, "--sims", "4", check=False)
+    assert "again.jsonl, line 1, field run_n_sims: run 'run' is stored with M = 2" in one_line_error(proc)
+    assert "1 trajectories added" in eef("import", jsonl(tmp_path / "ok.jsonl", [simulation(traj_id="s9")]),
+                                         "--db", db).stdout
 
 
 def test_the_writer_enforces_branch_rules_for_every_producer(tmp_path):

@@ -156,7 +156,7 @@ def test_export_then_import_round_trips(tmp_path):
                    purpose="simulate", branch_traj_id="e1", branch_step=1, reward=1.0),
     ]
     with store.writer(tmp_path / "a.duckdb") as con:
-        trajectory_io.import_records(con, [records.TrajectoryRecord.model_validate(r) for r in source])
+        trajectory_io.import_records(con, [records.TrajectoryRecord.model_validate(r) for r in source], n_sims=3)
         buffer = io.StringIO()
         assert trajectory_io.export_jsonl(con, buffer) == 2
         original = con.execute("SELECT * EXCLUDE (created_at) FROM trajectories ORDER BY 1").fetchall()
@@ -169,4 +169,7 @@ def test_export_then_import_round_trips(tmp_path):
         assert con.execute("SELECT * FROM steps ORDER BY 1, 2").fetchall() == original_steps
         only_policy = io.StringIO()
         assert trajectory_io.export_jsonl(con, only_policy, source="policy") == 1
-        assert json.loads(only_policy.getvalue())["traj_id"] == "p1"
+        exported_policy = json.loads(only_policy.getvalue())
+        assert exported_policy["traj_id"] == "p1" and exported_policy["run_n_sims"] == 3
+        # the run came with its M, registered in the import's transaction
+        assert con.execute("SELECT run_id, n_sims FROM runs").fetchall() == [("r", 3)]
