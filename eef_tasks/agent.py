@@ -48,6 +48,7 @@ class AgentEpisode:
     calls: int = 0  # model calls in this attempt
     stop_reason: str | None = None  # why the agent ended the episode, if it did
     restarts: int = 0
+    prompt_tag: str | None = None  # NAT's marker in the instruction turn (chat.PROMPT_TAGS); nat runs: 'positive'
 
     def restarted(self, view: EpisodeView) -> bool:
         """Whether the pool reran the episode from scratch since the last turn."""
@@ -72,7 +73,8 @@ class AgentEpisode:
             {"thought": t, "action": a, "observation": o}
             for t, a, o in zip(self.all_thoughts(view.n_prefix), view.actions, view.observations, strict=True)
         ]
-        turns = build_chat(self.env, view.instruction, steps, include_last_observation=True)
+        turns = build_chat(self.env, view.instruction, steps, include_last_observation=True,
+                           prompt_tag=self.prompt_tag)
         return [t.message() for t in turns] + self.pending
 
     def turn(self, view: EpisodeView, ask: Callable[[Messages], str]) -> str | None:

@@ -10,6 +10,12 @@ observation after the last action is left out: no action follows it, so it is ne
 anything supervised. Assistant turns with step >= loss_from_step are supervised; everything else
 is context.
 
+Negative-aware training (NAT, Wang et al. 2024: "Learning From Failure") tells the model in the
+prompt whether the trajectory it is shown succeeded: a `prompt_tag` ('positive' | 'negative')
+appends the matching sentence of `PROMPT_TAGS` to the instruction turn. A 'nat' training example
+carries the tag of its trajectory's outcome (sql/select/expert_examples.sql); a nat run's policy is
+always prompted with the positive tag, so at rollout and evaluation time it is asked for a success.
+
 `parse_action` is its inverse on the model's side: it reads (thought, action) back out of a reply,
 so the policy, the LLM expert and training agree on one format. A reply is parsed, never executed.
 """
@@ -47,6 +53,11 @@ DEFAULT_SYSTEM_PROMPT = (
     "your actions you receive an observation.\n"
     "Reply in this format:\nThought: <your reasoning>\nAction: <one action>"
 )
+# NAT's markers (ours, in the paper's manner: one sentence after the task, telling the outcome)
+PROMPT_TAGS = {
+    "positive": "Please generate a trajectory that completes the task successfully.",
+    "negative": "Please generate a trajectory that fails to complete the task.",
+}
 # the user turn after a reply that holds no action (the reply itself is shown before it)
 INVALID_REPLY_MESSAGE = (
     "Observation: Invalid format. Reply with one line 'Thought: <your reasoning>' and one line "
@@ -78,6 +89,15 @@ def observation_text(observation: str) -> str:
     return f"Observation: {observation}"
 
 
+def tagged_instruction(instruction: str, prompt_tag: str | None) -> str:
+    """The instruction turn's text: the instruction, then the NAT marker of `prompt_tag` if any."""
+    if prompt_tag is None:
+        return instruction
+    if prompt_tag not in PROMPT_TAGS:
+        raise ValueError(f"unknown prompt tag {prompt_tag!r}: one of {', '.join(PROMPT_TAGS)}")
+    return f"{instruction}\n\n{PROMPT_TAGS[prompt_tag]}"
+
+
 def build_chat(
     env: str,
     instruction: str,
@@ -85,11 +105,13 @@ def build_chat(
     loss_from_step: int = 0,
     *,
     include_last_observation: bool = False,
+    prompt_tag: str | None = None,
 ) -> list[Turn]:
-    """Messages of a trajectory; `steps` are dicts with thought, action and observation."""
+    """Messages of a trajectory; `steps` are dicts with thought, action and observation;
+    `prompt_tag` adds NAT's marker to the instruction (module doc)."""
     if not 0 <= loss_from_step <= len(steps):
         raise ValueError(f"loss_from_step {loss_from_step} is outside 0..{len(steps)}")
-    turns = [Turn("system", system_prompt(env)), Turn("user", instruction)]
+    turns = [Turn("system", system_prompt(env)), Turn("user", tagged_instruction(instruction, prompt_tag))]
     for k, step in enumerate(steps):
         turns.append(
             Turn(
@@ -185,8 +207,11 @@ def _bare_action(body: str) -> tuple[None, str | None]:
 
 
 
-def load_chat(con: duckdb.DuckDBPyConnection, traj_id: str, loss_from_step: int) -> list[Turn]:
-    """The training chat of a stored trajectory."""
+def load_chat(con: duckdb.DuckDBPyConnection, traj_id: str, loss_from_step: int,
+              prompt_tag: str | None = None) -> list[Turn]:
+    """The training chat of a stored trajectory (with NAT's marker when `prompt_tag` is given)."""
+    if prompt_tag is not None and prompt_tag not in PROMPT_TAGS:
+        raise StoreError(f"unknown prompt tag {prompt_tag!r}: one of {', '.join(PROMPT_TAGS)}")
     row = first_row(
         con,
         """SELECT k.env, k.instruction, t.n_steps
@@ -206,7 +231,7 @@ def load_chat(con: duckdb.DuckDBPyConnection, traj_id: str, loss_from_step: int)
             {"traj_id": traj_id},
         ).fetchall()
     ]
-    return build_chat(env, instruction, steps, loss_from_step)
+    return build_chat(env, instruction, steps, loss_from_step, prompt_tag=prompt_tag)
 
 
 def chat_as_dicts(turns: list[Turn]) -> list[dict]:

@@ -98,14 +98,21 @@ class Method(str, Enum):
     bc = "bc"
     eef = "eef"
     rft = "rft"
+    sft_all = "sft-all"
+    nat = "nat"
+
+
+class PromptTag(str, Enum):
+    positive = "positive"
+    negative = "negative"
 
 
 @app.command("select")
 @user_errors
 def select_cmd(
     run: Annotated[str, typer.Option("--run", help="the run (experiment) id")],
-    iteration: Annotated[int, typer.Option("--iteration", help="0 for bc, >= 1 for eef/rft")],
-    method: Annotated[Method, typer.Option("--method", help="bc, eef or rft")],
+    iteration: Annotated[int, typer.Option("--iteration", help="0 for bc/sft-all/nat, >= 1 for eef/rft")],
+    method: Annotated[Method, typer.Option("--method", help="bc (SFT-POS), eef, rft, sft-all or nat")],
     db: DbOption = store.DEFAULT_DB,
     sims: Annotated[
         int | None,
@@ -134,17 +141,21 @@ def example(
     from_step: Annotated[int, typer.Option("--from-step", help="actions with step >= K get loss")] = 0,
     db: DbOption = store.DEFAULT_DB,
     fmt: Annotated[ExampleFormat, typer.Option("--format")] = ExampleFormat.text,
+    tag: Annotated[PromptTag | None, typer.Option(
+        "--tag", help="NAT's prompt marker, as a nat example of this trajectory is trained "
+                      "(positive: a success, negative: a failure)")] = None,
 ) -> None:
     """Show a trajectory as the chat the model is trained on, supervised turns marked."""
     with store.reader(db) as con:
-        turns = chat.load_chat(con, traj, from_step)
+        turns = chat.load_chat(con, traj, from_step, tag.value if tag else None)
     if fmt is ExampleFormat.json:
         out.print_json(json_text(chat.chat_as_dicts(turns)))
         return
     n_supervised = sum(t.supervised for t in turns)
     # model output is shown, never interpreted: its control characters are made visible
     out.print(f"[bold]{escape(terminal_text(traj))}[/bold]: loss on steps >= {from_step} "
-              f"({n_supervised} supervised assistant turns, marked [green]>>[/green])")
+              f"({n_supervised} supervised assistant turns, marked [green]>>[/green])"
+              + (f"; NAT {tag.value} marker in the instruction: {chat.PROMPT_TAGS[tag.value]!r}" if tag else ""))
     for turn in turns:
         where = f" step {turn.step}" if turn.step is not None else ""
         if turn.supervised:
@@ -490,6 +501,8 @@ def run_cmd(
     name: Annotated[str, typer.Option("--name", help="runs are NAME-eef and NAME-rft")] = "demo",
     expert: Annotated[str, typer.Option("--expert", help="collect synthetic|gold expert data first, or none")] = "synthetic",
     rft_samples: Annotated[int, typer.Option("--rft-samples", help="k of the RFT baseline (RFT x k)")] = 1,
+    baselines: Annotated[str | None, typer.Option(
+        "--baselines", help="offline baselines to run too, comma-separated: sft-all,nat (runs NAME-<method>)")] = None,
     settings: Annotated[list[str] | None, typer.Option("--set", help="override a run setting: KEY=VALUE (JSON), e.g. iterations=3")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="where the comparison table and plot go")] = Path("data/reports"),
     env: Annotated[str | None, typer.Option("--env", help="a registered environment: " + ", ".join(registry.BACKENDS))] = None,
@@ -509,11 +522,12 @@ def run_cmd(
     preset_config(preset, f"{name}-eef", "eef", **overrides)  # bad settings: one line, before Prefect starts
     params = _validated(ExperimentParams, dict(
         db=str(db), preset=preset, name=name, expert=expert, rft_samples=rft_samples,
-        overrides=overrides, out_dir=str(out_dir)), "run settings")
+        baselines=[b for b in (baselines or "").split(",") if b], overrides=overrides, out_dir=str(out_dir)),
+        "run settings")
     with temporary_server():  # none configured: one that stops last and dies with this process
         result = experiment_flow(params)
-    _print_comparison(report.comparison(db, [f"{name}-eef", f"{name}-rft"]),
-                      f"EEF vs RFT ({preset} preset; win rates in %)")
+    _print_comparison(report.comparison(db, [f"{name}-{m}" for m in ("eef", "rft", *params.baselines)]),
+                      f"EEF vs RFT{''.join(', ' + m for m in params.baselines)} ({preset} preset; win rates in %)")
     out.print(f"table: {escape(str(result['table']))}  plot: {escape(str(result['plot']))}")
     out.print(f"Try: eef sql --db {escape(str(db))} \"SELECT * FROM run_comparison\"")
 
@@ -534,6 +548,8 @@ def evaluate(
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="cap on each task's step limit")] = None,
     env: Annotated[str, typer.Option("--env", help="a registered environment: " + ", ".join(registry.BACKENDS))] = "scienceworld",
     env_url: Annotated[str | None, typer.Option("--env-url", help="its server, for environments that have one (agentgym:*)")] = None,
+    tag: Annotated[PromptTag | None, typer.Option(
+        "--tag", help="NAT's prompt marker in every prompt (a nat adapter: positive)")] = None,
 ) -> None:
     """Win rate and mean reward of an adapter on a split (greedy), stored as purpose='eval' trajectories."""
     from eef_tasks import evaluation  # the model stack loads only for the model commands
@@ -546,6 +562,7 @@ def evaluate(
             task_names=[t for t in (tasks or "").split(",") if t] or None, limit=limit, base_model=base_model,
             n_workers=workers, max_new_tokens=max_new_tokens, max_steps=max_steps,
             env=registry.backend(env).name, env_kwargs=registry.env_kwargs(env, env_url),
+            prompt_tag=tag.value if tag else None,
         )
     out.print(
         f"{escape(result.model_id)} on {result.n_tasks} {split} tasks: win rate {result.win_rate:.1%}, "

@@ -154,6 +154,7 @@ def run_rollouts(
     timeout_s: float = 600.0,
     on_progress: Callable[[RolloutSummary], None] | None = None,
     engine_factory: Callable[[], Engine] | None = None,
+    prompt_tag: str | None = None,
 ) -> RolloutSummary:
     """Run the policy on `episodes` and store every finished trajectory.
 
@@ -187,7 +188,7 @@ def run_rollouts(
     tasks = _task_info(db, {ep.task_id for _, ep in todo})
     engine = engine or (engine_factory() if engine_factory else HFEngine(model_path, adapter_dir))
     model_id = model_id or (Path(engine.adapter_dir).name if engine.adapter_dir else Path(engine.model_path).name)
-    jobs = _jobs(todo, prefixes, tasks, engine, sampling, max_steps, max_invalid_in_a_row, summary)
+    jobs = _jobs(todo, prefixes, tasks, engine, sampling, max_steps, max_invalid_in_a_row, summary, prompt_tag)
 
     # 2. keep N slots busy; 3. batch their model calls; 4. write what finishes
     batcher = _Batcher()
@@ -249,7 +250,7 @@ def _jobs(
     prefixes: dict[str, list[tuple[str | None, str, str]]],
     tasks: dict[str, tuple[int | None, TaskRecord | None]],
     engine: Engine, sampling: SamplingConfig, max_steps: int | None, max_invalid_in_a_row: int,
-    summary: RolloutSummary,
+    summary: RolloutSummary, prompt_tag: str | None = None,
 ) -> list[_Job]:
     """A job per episode; an episode whose expert prefix is too short is an error, not a job."""
     jobs = []
@@ -263,7 +264,7 @@ def _jobs(
         if limit is not None and limit <= ep.branch_step:
             limit = ep.branch_step + 1  # a simulation always gets at least one policy step
         agent = AgentEpisode(parse_task_id(ep.task_id)[0], limit, max_invalid_in_a_row,
-                             prefix_thoughts=[t for t, _, _ in prefix])
+                             prefix_thoughts=[t for t, _, _ in prefix], prompt_tag=prompt_tag)
         jobs.append(_Job(
             traj_id=traj_id, start=ep, agent=agent,
             session=engine.session(traj_id, episode_seed(sampling.seed, traj_id)),

@@ -12,7 +12,12 @@ import duckdb
 
 from eef_tasks.store import StoreError, first_row, read_sql, transaction
 
-METHODS = ("bc", "eef", "rft")
+METHODS = ("bc", "eef", "rft", "sft-all", "nat")
+# trained once, at iteration 0, on expert data only: bc (the paper's SFT-POS: expert successes),
+# sft-all (every expert trajectory) and nat (every expert trajectory, its outcome marked in the prompt)
+EXPERT_DATA_METHODS = ("bc", "sft-all", "nat")
+# the methods a run is registered with (runs.method); bc is every run's iteration 0, not a run's method
+RUN_METHODS = ("eef", "rft", "sft-all", "nat")
 DEFAULT_N_SIMS = 5  # M of METHOD.md
 
 
@@ -29,16 +34,16 @@ class SelectionResult:
 def check_request(iteration: int, method: str) -> None:
     if method not in METHODS:
         raise StoreError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    if method == "bc" and iteration != 0:
-        raise StoreError("behaviour cloning is iteration 0: use --method bc --iteration 0")
-    if method != "bc" and iteration < 1:
+    if method in EXPERT_DATA_METHODS and iteration != 0:
+        raise StoreError(f"{method} is trained once on expert data, at iteration 0: use --method {method} --iteration 0")
+    if method not in EXPERT_DATA_METHODS and iteration < 1:
         raise StoreError(f"{method} iterations start at 1 (iteration 0 is --method bc)")
 
 
 def ensure_run(con: duckdb.DuckDBPyConnection, run_id: str, n_sims: int | None = None,
                method: str | None = None) -> int:
     """Register `run_id` with its M (n_sims) if new; a known run keeps the M it was created with.
-    A run's method (`runs.method`) is the first eef/rft method it is registered or selected with."""
+    A run's method (`runs.method`) is the first of RUN_METHODS it is registered or selected with."""
     row = first_row(con, "SELECT n_sims FROM runs WHERE run_id = $run_id", {"run_id": run_id})
     if row is not None:
         if n_sims is not None and n_sims != row[0]:
@@ -46,7 +51,7 @@ def ensure_run(con: duckdb.DuckDBPyConnection, run_id: str, n_sims: int | None =
                 f"run {run_id!r} was created with M = {row[0]} simulations per failed expert "
                 f"trajectory, not {n_sims}: its checkpoints would change; start a new run instead"
             )
-        if method in ("eef", "rft"):
+        if method in RUN_METHODS:
             con.execute("UPDATE runs SET method = $method WHERE run_id = $run_id AND method IS NULL",
                         {"run_id": run_id, "method": method})
         return int(row[0])
@@ -55,7 +60,7 @@ def ensure_run(con: duckdb.DuckDBPyConnection, run_id: str, n_sims: int | None =
         raise StoreError("the number of simulations M must be >= 0")
     con.execute(
         "INSERT INTO runs (run_id, n_sims, method) VALUES ($run_id, $n_sims, $method)",
-        {"run_id": run_id, "n_sims": n_sims, "method": method if method in ("eef", "rft") else None},
+        {"run_id": run_id, "n_sims": n_sims, "method": method if method in RUN_METHODS else None},
     )
     return n_sims
 
@@ -75,6 +80,8 @@ def select_examples(
         con.execute(read_sql("select/delete_examples"), key)
         if method == "bc":
             con.execute(read_sql("select/bc_examples"), {"run_id": run_id})
+        elif method in EXPERT_DATA_METHODS:
+            con.execute(read_sql("select/expert_examples"), {"run_id": run_id, "method": method})
         else:
             con.execute(read_sql("select/shortest_prefix_examples"), key)
     by_kind = dict(

@@ -2,9 +2,9 @@
 
 `train_adapter(db, run_id, iteration, method, out_dir)` reads the examples that `eef select` wrote
 (`training_examples`), turns each into its chat (`chat.load_chat` with the example's
-`loss_from_step`), tokenizes it with the base model's own chat template (`tokenization.encode_chat`:
-loss only on the supervised assistant turns and their end-of-turn token) and trains a **fresh**
-LoRA adapter on the base model.
+`loss_from_step`, and NAT's prompt marker for a 'nat' example's `prompt_tag`), tokenizes it with
+the base model's own chat template (`tokenization.encode_chat`: loss only on the supervised
+assistant turns and their end-of-turn token) and trains a **fresh** LoRA adapter on the base model.
 
 Defaults follow METHOD.md: 6 epochs, learning rate 5e-5, batch 64 (an effective batch reached by
 gradient accumulation over micro-batches). The loss of an optimizer step is the mean over all
@@ -106,6 +106,7 @@ class ExampleKey:
     state_traj_id: str | None
     state_step: int
     task_id: str
+    prompt_tag: str | None = None  # NAT's marker ('positive' | 'negative'), method 'nat' only
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ def load_training_chats(
 def _load_chats(con: duckdb.DuckDBPyConnection, run_id: str, iteration: int, method: str):
     rows = con.execute(
         """SELECT run_id, iteration, method, traj_id, loss_from_step, state_kind, state_traj_id,
-                  state_step, task_id
+                  state_step, task_id, prompt_tag
            FROM training_examples
            WHERE run_id = $run_id AND iteration = $iteration AND method = $method
            ORDER BY task_id, state_kind, state_traj_id NULLS FIRST, state_step, traj_id""",
@@ -152,7 +153,7 @@ def _load_chats(con: duckdb.DuckDBPyConnection, run_id: str, iteration: int, met
     out = []
     for row in rows:
         key = ExampleKey(*row)
-        out.append((key, load_chat(con, key.traj_id, key.loss_from_step)))
+        out.append((key, load_chat(con, key.traj_id, key.loss_from_step, key.prompt_tag)))
     return out
 
 

@@ -87,6 +87,8 @@ class ExperimentParams(BaseModel):
         "synthetic", description="collect this expert's trajectories on the training tasks first (none: use the store's)")
     expert_seeds: list[int] = Field(default_factory=lambda: [0, 1], description="synthetic expert: one trajectory per seed")
     rft_samples: int = Field(1, ge=1, le=16, description="k of the RFT baseline (RFT×k)")
+    baselines: list[Literal["sft-all", "nat"]] = Field(
+        default_factory=list, description="offline baselines to run too, as runs <name>-<method> (same tasks)")
     overrides: dict = Field(default_factory=dict, description="RunConfig fields to change, e.g. {\"iterations\": 3}")
     out_dir: str = "data/reports"
 
@@ -244,6 +246,14 @@ def rft_flow(params: RFTParams = RFTParams()) -> list[dict]:
     return _run_all(params.db, RunConfig(**run.model_dump()))
 
 
+@flow(name="baseline", flow_run_name="{params.run.run_id}", log_prints=True)
+def baseline_flow(params: RunParams = RunParams(run=RunConfig(run_id="nat-1", method="nat", n_sims=0, iterations=0))) -> list[dict]:
+    """An offline baseline (sft-all or nat): one adapter trained on all expert data, then evaluated."""
+    if params.run.method not in pipeline.OFFLINE_METHODS:
+        raise pipeline.PipelineError("the baseline flow runs method 'sft-all' or 'nat'; use the eef or rft flow")
+    return _run_all(params.db, params.run)
+
+
 @flow(name="evaluate", flow_run_name="{params.run_id}-it{params.iteration}", log_prints=True)
 def evaluate_flow(params: EvaluateParams = EvaluateParams()) -> dict:
     """Evaluate one iteration's adapter (resumes a partial evaluation; a finished one is reported)."""
@@ -277,7 +287,8 @@ def compare_flow(params: CompareParams = CompareParams()) -> dict:
 
 @flow(name="experiment", flow_run_name="{params.name}", log_prints=True)
 def experiment_flow(params: ExperimentParams = ExperimentParams()) -> dict:
-    """Collect expert data, run EEF and RFT from one preset (sharing the BC adapter), compare them."""
+    """Collect expert data, run EEF and RFT from one preset (sharing the BC adapter) and the offline
+    baselines asked for, compare them."""
     eef_config = pipeline.preset_config(params.preset, f"{params.name}-eef", "eef", **params.overrides)
     if params.expert != "none":
         # offline experts play the task env's own backend (a run on agentgym:sciworld learns from
@@ -297,7 +308,14 @@ def experiment_flow(params: ExperimentParams = ExperimentParams()) -> dict:
     )
     eef_flow(RunParams(db=params.db, run=eef_config))
     rft_flow(RFTParams(db=params.db, run=rft_config))
-    return compare_flow(CompareParams(db=params.db, run_ids=[eef.run_id, rft_config.run_id], out_dir=params.out_dir))
+    run_ids = [eef.run_id, rft_config.run_id]
+    for method in params.baselines:
+        baseline = pipeline.preset_config(
+            params.preset, f"{params.name}-{method}", method,
+            **{**params.overrides, "train_tasks": eef.train_tasks, "eval_tasks": eef.eval_tasks})
+        baseline_flow(RunParams(db=params.db, run=baseline))
+        run_ids.append(baseline.run_id)
+    return compare_flow(CompareParams(db=params.db, run_ids=run_ids, out_dir=params.out_dir))
 
 
 if __name__ == "__main__":

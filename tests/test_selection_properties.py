@@ -3,7 +3,7 @@
 Each example builds a fresh DuckDB file: a few tasks (train, dev, test), 1-3 expert trajectories
 per task of random length and outcome, two runs with random M, iterations of explore rollouts
 (sometimes RFT x k) and simulations from the checkpoints of failed experts with random outcomes,
-plus evaluation rollouts. It then selects bc, and eef and rft at every iteration of both runs, and
+plus evaluation rollouts. It then selects bc, sft-all and nat, and eef and rft at every iteration of both runs, and
 checks METHOD.md's rules against an independent brute-force reading of them written here.
 """
 
@@ -164,6 +164,9 @@ def build(path: Path, spec: Spec):
 def requests():
     for run in RUNS:
         yield run, 0, "bc"
+        if run == RUNS[0]:  # the offline baselines read no run's own data: one run covers them
+            yield run, 0, "sft-all"
+            yield run, 0, "nat"
         for it in range(1, MAX_ITERATION + 1):
             yield run, it, "eef"
             yield run, it, "rft"
@@ -202,6 +205,22 @@ def check_bc(spec: Spec, run: str, rows: list[Example]) -> None:
     for r in rows:
         assert (r.run_id, r.iteration, r.method, r.state_kind) == (run, 0, "bc", "expert_success")
         assert (r.loss_from_step, r.state_traj_id, r.state_step) == (0, None, 0)
+
+
+def check_expert_data(con, spec: Spec, run: str, method: str, rows: list[Example]) -> None:
+    """sft-all and nat: every expert trajectory of a train task once, its outcome as the state kind;
+    nat's prompt tag is its outcome, sft-all has none."""
+    experts = {t.traj_id: t for t in spec.trajs if t.source == "expert" and spec.splits[t.task_id] == "train"}
+    assert sorted(r.traj_id for r in rows) == sorted(experts)
+    for r in rows:
+        kind = "expert_success" if experts[r.traj_id].success else "expert_failure"
+        assert (r.run_id, r.iteration, r.method, r.state_kind) == (run, 0, method, kind)
+        assert (r.loss_from_step, r.state_traj_id, r.state_step, r.task_id) == (0, None, 0, experts[r.traj_id].task_id)
+    tags = dict(con.execute(
+        "SELECT traj_id, prompt_tag FROM training_examples WHERE run_id = $r AND method = $m",
+        {"r": run, "m": method}).fetchall())
+    expected = {t: (None if method == "sft-all" else "positive" if e.success else "negative") for t, e in experts.items()}
+    assert tags == expected
 
 
 def check_selection(spec: Spec, run: str, iteration: int, method: str, rows: list[Example]) -> None:
@@ -282,6 +301,8 @@ def test_selection_properties_on_random_stores(spec: Spec) -> None:
                 examples = [Example(*row) for row in rows]
                 if method == "bc":
                     check_bc(spec, run, examples)
+                elif method in ("sft-all", "nat"):
+                    check_expert_data(con, spec, run, method, examples)
                 else:
                     check_selection(spec, run, it, method, examples)
                 first[(run, it, method)] = rows

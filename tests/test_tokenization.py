@@ -136,3 +136,19 @@ def test_chat_layout_is_checked(family):
     turns = build_chat("scienceworld", INSTRUCTION, STEPS, 0)
     with pytest.raises(ValueError):
         encode_chat(tokenizer, turns[1:])
+
+
+@pytest.mark.parametrize("tag", ["positive", "negative"])
+def test_nat_marker_is_context_in_the_instruction_turn(family, tag):
+    from eef_tasks.chat import PROMPT_TAGS
+
+    tokenizer, end, _ = family
+    tagged = encode_chat(tokenizer, build_chat("scienceworld", INSTRUCTION, STEPS, 0, prompt_tag=tag))
+    plain = encode_chat(tokenizer, build_chat("scienceworld", INSTRUCTION, STEPS, 0))
+    text = tokenizer.decode(tagged.input_ids, skip_special_tokens=False)
+    assert f"{INSTRUCTION}\n\n{PROMPT_TAGS[tag]}" in text
+    # the marker is never learned: the supervised spans are the same actions as without it
+    assert supervised_text(tokenizer, tagged) == supervised_text(tokenizer, plain)
+    assert tagged.n_supervised_tokens == plain.n_supervised_tokens
+    labelled = tokenizer.decode([t for t in tagged.labels if t != IGNORE_INDEX], skip_special_tokens=False)
+    assert PROMPT_TAGS[tag] not in labelled

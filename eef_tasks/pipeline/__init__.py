@@ -29,7 +29,7 @@ from typing import Any
 # The package's public names, each from the module that owns it. They load on first use (PEP 562),
 # so that `eef --help` and `eef select` (which list presets) do not load the phases' model stack.
 _HOMES = {
-    "settings": ("MUTABLE_SETTINGS", "RunConfig", "config_hash", "preset_config", "validation_message"),
+    "settings": ("MUTABLE_SETTINGS", "OFFLINE_METHODS", "RunConfig", "config_hash", "preset_config", "validation_message"),
     "errors": ("PipelineError",),
     "runs": ("BC_PHASES", "MODEL_PHASES", "PHASES", "adapter_dir", "finished_phases", "load_run", "mark_phase",
              "next_iteration", "phases_of", "policy_adapter", "register_run", "require_earlier_phases", "store_id"),

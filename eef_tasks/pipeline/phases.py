@@ -110,7 +110,7 @@ def _rollouts(db, config: RunConfig, iteration: int, purpose: str, episodes, ada
         db, config.run_id, iteration, episodes, purpose=purpose, engine_factory=lambda: engine(config, adapter),
         model_id=f"{config.run_id}/{adapter.name}", sampling=_sampling(config, config.explore_temperature),
         n_workers=config.workers, max_steps=config.max_steps, on_progress=_on_progress(progress, len(episodes)),
-        env=config.env, env_kwargs=registry.env_kwargs(config.env, config.env_url),
+        env=config.env, env_kwargs=registry.env_kwargs(config.env, config.env_url), prompt_tag=config.prompt_tag,
     )
     return _rollout_summary(config, iteration, purpose, summary, len(episodes), adapter)
 
@@ -147,7 +147,7 @@ def evaluate(db, config: RunConfig, iteration: int, progress: Progress | None) -
         engine_factory=lambda: engine(config, adapter), sampling=_sampling(config, config.eval_temperature),
         n_workers=config.workers, max_steps=config.max_steps, env=config.env,
         env_kwargs=registry.env_kwargs(config.env, config.env_url),
-        on_progress=_on_progress(progress, len(config.eval_tasks)),
+        on_progress=_on_progress(progress, len(config.eval_tasks)), prompt_tag=config.prompt_tag,
     )
     summary = _rollout_summary(config, iteration, "eval", result.rollouts, len(config.eval_tasks), adapter)
     return {**summary, "n_eval": result.n_tasks, "win_rate": result.win_rate, "mean_reward": result.mean_reward,
@@ -158,7 +158,7 @@ def evaluate(db, config: RunConfig, iteration: int, progress: Progress | None) -
 
 
 def select(db, config: RunConfig, iteration: int, progress: Progress | None) -> dict:
-    method = "bc" if iteration == 0 else config.method
+    method = config.train_method(iteration)
     with store.writer(db) as con:
         result = selection.select_examples(con, config.run_id, iteration, method)
         found = store.first_row(
@@ -179,7 +179,7 @@ def _example_keys(db, config: RunConfig, iteration: int, method: str) -> list[li
 
 
 def train(db, config: RunConfig, iteration: int, progress: Progress | None) -> dict:
-    method = "bc" if iteration == 0 else config.method
+    method = config.train_method(iteration)
     out = adapter_dir(config, iteration)
     if iteration == 0 and config.bc_adapter:
         if read_train_record(out) is None and not (out / "adapter_config.json").is_file():

@@ -173,7 +173,7 @@ def adapter_dir(config: RunConfig, iteration: int) -> Path:
     """Where iteration `iteration`'s adapter lives (iteration 0: the BC adapter)."""
     if iteration == 0 and config.bc_adapter:
         return Path(config.bc_adapter)
-    return default_adapter_dir(config.run_id, iteration, "bc" if iteration == 0 else config.method, config.adapters_dir)
+    return default_adapter_dir(config.run_id, iteration, config.train_method(iteration), config.adapters_dir)
 
 
 def policy_adapter(db: str | Path, config: RunConfig, iteration: int) -> Path:

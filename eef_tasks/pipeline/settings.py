@@ -19,6 +19,11 @@ MUTABLE_SETTINGS = frozenset({"iterations", "workers", "engine", "vllm_url", "se
                               "env_url"})
 
 
+# methods trained once, at iteration 0, on expert data only, in place of behaviour cloning (the paper's
+# SFT-ALL and NAT rows); bc itself (SFT-POS) is every run's iteration 0
+OFFLINE_METHODS = frozenset({"sft-all", "nat"})
+
+
 class RunConfig(BaseModel):
     """Everything that defines a run. Defaults are METHOD.md's (I = 4, M = 5, 6 epochs, lr 5e-5,
     batch 64); presets (`eef_tasks.pipeline.presets`) make small runs. Shown as a form in the Prefect UI."""
@@ -26,7 +31,8 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # no refused URL in logs
 
     run_id: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="name of the run (experiment)")
-    method: Literal["eef", "rft"] = Field("eef", description="eef, or rft (the baseline: no simulations)")
+    method: Literal["eef", "rft", "sft-all", "nat"] = Field(
+        "eef", description="eef; rft (the baseline: no simulations); sft-all or nat (trained once on all expert data)")
     n_sims: int = Field(5, ge=0, le=50, description="M: simulations per failed expert trajectory (rft: 0)")
     samples: int = Field(1, ge=1, le=16, description="k: rollouts per training task and iteration (RFT×k)")
     iterations: int = Field(4, ge=0, le=50, description="I: iterations after behaviour cloning")
@@ -57,6 +63,11 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _method_and_m(self) -> RunConfig:
+        if self.method in OFFLINE_METHODS and (self.n_sims != 0 or self.iterations != 0):
+            raise ValueError(f"{self.method} is trained once on expert data (iteration 0): "
+                             "n_sims and iterations must be 0")
+        if self.method in OFFLINE_METHODS and self.bc_adapter:
+            raise ValueError(f"{self.method} trains its own iteration-0 adapter from the base model: no bc_adapter")
         if self.method == "rft" and self.n_sims != 0:
             raise ValueError("rft runs have no simulations: n_sims must be 0")
         if self.method == "eef" and self.n_sims == 0:
@@ -68,6 +79,18 @@ class RunConfig(BaseModel):
     def _no_credentials_in_url(cls, url: str | None) -> str | None:
         # run settings are flow parameters and runs.config: both stored in clear
         return url if url is None else refuse_url_credentials(url, "vllm_url", VLLM_KEY_HINT)
+
+    def train_method(self, iteration: int) -> str:
+        """The training_examples method of an iteration: bc at iteration 0 (the offline methods: their
+        own set), else the run's method."""
+        if iteration == 0:
+            return self.method if self.method in OFFLINE_METHODS else "bc"
+        return self.method
+
+    @property
+    def prompt_tag(self) -> str | None:
+        """NAT's marker the run's policy is prompted with (chat.PROMPT_TAGS): 'positive' for nat."""
+        return "positive" if self.method == "nat" else None
 
     @property
     def task_env(self) -> str:
@@ -82,10 +105,13 @@ def validation_message(exc: ValidationError) -> str:
 
 
 def preset_config(preset: str, run_id: str, method: str = "eef", **overrides: Any) -> RunConfig:
-    """The RunConfig of a preset for run `run_id` (rft: M = 0), with `overrides` applied."""
+    """The RunConfig of a preset for run `run_id` (rft: M = 0; sft-all, nat: M = 0 and no iterations
+    after iteration 0), with `overrides` applied."""
     values = {**presets.settings_of(preset), "run_id": run_id, "method": method, **overrides}
-    if method == "rft":
+    if method in ("rft", *OFFLINE_METHODS):
         values["n_sims"] = 0
+    if method in OFFLINE_METHODS:
+        values["iterations"] = 0
     try:
         return RunConfig(**values)
     except ValidationError as exc:

@@ -95,6 +95,14 @@ def select(
             if t.source == "expert" and t.success and t.task_id in train
         ]
         return sorted(rows, key=_sort_key)
+    if method in ("sft-all", "nat"):
+        rows = [
+            (run_id, 0, method, t.traj_id, 0, "expert_success" if t.success else "expert_failure", None, 0,
+             t.task_id)
+            for t in trajs
+            if t.source == "expert" and t.task_id in train
+        ]
+        return sorted(rows, key=_sort_key)
 
     pool = [
         t

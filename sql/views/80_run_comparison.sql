@@ -7,9 +7,11 @@
 -- Columns:
 --   method            the run's method, runs.method (written when the run is registered or first
 --                     selects an eef/rft set; NULL for a run that is not in runs)
---   train_method      the method of the iteration's training set: 'bc' at iteration 0, else method
+--   train_method      the method of the iteration's training set: 'bc' at iteration 0 (a sft-all or
+--                     nat run: its own method, trained once on expert data), else method
 --   n_examples, n_initial, n_need_recover, n_expert_success
 --                     that training set's size and its rows by state_kind (0 when not selected)
+--   n_expert_failure  its expert_failure rows (sft-all, nat; the last column, added later)
 --   n_need_recover_found   distinct need-recover states (expert_traj_id, step) found in
 --                     iterations <= this one (METHOD.md step 2.4: important states accumulate)
 --   n_simulations     purpose = 'simulate' trajectories of this iteration (from expert states)
@@ -50,7 +52,11 @@ iterations AS (
         i.iteration,
         m.method,
         m.n_sims,
-        CASE WHEN i.iteration = 0 THEN 'bc' ELSE m.method END AS train_method
+        CASE
+            WHEN i.iteration > 0 THEN m.method
+            WHEN m.method IN ('sft-all', 'nat') THEN m.method
+            ELSE 'bc'
+        END AS train_method
     FROM run_iterations AS i
     JOIN run_methods AS m ON m.run_id = i.run_id
 ),
@@ -63,7 +69,8 @@ examples AS (
         count(*) AS n_examples,
         count(*) FILTER (WHERE e.state_kind = 'initial') AS n_initial,
         count(*) FILTER (WHERE e.state_kind = 'need_recover') AS n_need_recover,
-        count(*) FILTER (WHERE e.state_kind = 'expert_success') AS n_expert_success
+        count(*) FILTER (WHERE e.state_kind = 'expert_success') AS n_expert_success,
+        count(*) FILTER (WHERE e.state_kind = 'expert_failure') AS n_expert_failure
     FROM iterations AS i
     JOIN training_examples AS e
         ON  e.run_id = i.run_id
@@ -158,7 +165,8 @@ SELECT
     dev.mean_reward AS dev_mean_reward,
     test.n_tasks AS n_test_tasks,
     test.win_rate AS test_win_rate,
-    test.mean_reward AS test_mean_reward
+    test.mean_reward AS test_mean_reward,
+    coalesce(x.n_expert_failure, 0) AS n_expert_failure
 FROM iterations AS i
 LEFT JOIN examples AS x ON x.run_id = i.run_id AND x.iteration = i.iteration
 LEFT JOIN need_recover_found AS f ON f.run_id = i.run_id AND f.iteration = i.iteration
