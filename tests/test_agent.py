@@ -170,3 +170,13 @@ def test_the_http_client_keeps_the_key_in_its_header_and_out_of_messages() -> No
     basic.send("GET", "/models", None, what="listing models")
     assert seen[-1].headers["api-key"] == key and seen[-1].headers["authorization"].startswith("Basic ")
     basic.close()
+
+
+def test_a_nat_policy_is_prompted_with_the_positive_marker() -> None:
+    from eef_tasks.chat import PROMPT_TAGS
+
+    agent = AgentEpisode("scienceworld", max_steps=10, prompt_tag="positive")
+    ask = Script("Action: look around")
+    assert agent.turn(_view(), ask) == "look around"
+    assert ask.prompts[0][1] == {"role": "user", "content": f"Find a living thing.\n\n{PROMPT_TAGS['positive']}"}
+    assert AgentEpisode("scienceworld", max_steps=10).messages(_view())[1]["content"] == "Find a living thing."

@@ -67,6 +67,12 @@ def test_new_user_flow(tmp_path):
     assert sql_json(db, "SELECT count(*) AS n FROM training_examples") == [{"n": 3}]
     bc = eef("select", "--db", db, "--run", "run", "--iteration", "0", "--method", "bc").stdout
     assert "expert_success: 2" in bc  # the two imported ETO successes; e1 failed
+    nat = eef("select", "--db", db, "--run", "nat-run", "--iteration", "0", "--method", "nat").stdout
+    assert "3 training examples (expert_failure: 1, expert_success: 2)" in nat  # e1 kept, marked negative
+    assert sql_json(db, "SELECT prompt_tag FROM training_examples WHERE method = 'nat' AND traj_id = 'e1'") == [
+        {"prompt_tag": "negative"}]
+    tagged = eef("example", "--db", db, "--traj", "e1", "--tag", "negative").stdout
+    assert "NAT negative marker" in tagged and "make tea\n\nPlease generate a trajectory that fails" in tagged
     shown = eef("example", "--db", db, "--traj", "e1", "--from-step", "1").stdout
     assert "-- assistant step 0 (context)" in shown
     assert ">> assistant step 1 [SUPERVISED]" in shown and ">> Action: boil" in shown

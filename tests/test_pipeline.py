@@ -56,6 +56,32 @@ def test_method_and_m_must_agree() -> None:
         pipeline.preset_config("tiny", "d", iterations=-1)
 
 
+@pytest.mark.parametrize("method", ["sft-all", "nat"])
+def test_offline_baselines_are_one_iteration_on_expert_data(db, method) -> None:
+    with pytest.raises(ValueError, match=f"{method} is trained once on expert data"):
+        RunConfig(run_id="x", method=method, n_sims=0)  # iterations default to 4
+    with pytest.raises(ValueError, match="no bc_adapter"):
+        RunConfig(run_id="x", method=method, n_sims=0, iterations=0, bc_adapter="a")
+    preset = pipeline.preset_config("demo", "d", method, iterations=3, n_sims=2)
+    assert (preset.n_sims, preset.iterations, preset.train_method(0)) == (0, 0, method)
+    assert preset.prompt_tag == ("positive" if method == "nat" else None)
+    assert config().train_method(0) == "bc" and config().train_method(1) == "eef" and config().prompt_tag is None
+    run = config(method=method, n_sims=0, iterations=0)
+    pipeline.register_run(db, run)
+    assert pipeline.phases_of(0, run) == ("select", "train", "evaluate")
+    assert pipeline.adapter_dir(run, 0).name == f"{method}-it0"
+    selected = pipeline.run_phase(db, "r1", 0, "select")
+    # e/0 and e/2 succeeded, e/1 and e/3 failed: all four are trained on
+    assert selected["method"] == method and selected["by_kind"] == {"expert_failure": 2, "expert_success": 2}
+    for phase in ("train", "evaluate"):
+        pipeline.mark_phase(db, "r1", 0, phase, 0.0, {"adapter": "a0"})
+    assert pipeline.next_iteration(db, "r1") is None
+    with store.reader(db) as con:
+        assert con.execute("SELECT method FROM runs WHERE run_id = 'r1'").fetchall() == [(method,)]
+        assert con.execute("SELECT train_method, n_examples, n_expert_success, n_expert_failure "
+                           "FROM run_comparison WHERE run_id = 'r1'").fetchall() == [(method, 4, 2, 2)]
+
+
 def test_register_resolves_task_sets_once_and_fixes_settings(db) -> None:
     registered = pipeline.register_run(db, config(task_names=["lifespan-shortest-lived"]))
     assert registered.train_tasks == TASKS[:2]  # expert data on train tasks of that name only
