@@ -512,6 +512,8 @@ def _record(
         "initial_observation": result.initial_observation,
         "attempts": result.attempts,
     }
+    if agent.prompt_tag is not None:  # NAT's marker was in every prompt (chat.PROMPT_TAGS)
+        meta["prompt_tag"] = agent.prompt_tag
     if getattr(engine, "served_model", None):  # the model name a server answered with (vllm)
         meta["served_model"] = engine.served_model
     if result.n_prefix < ep.branch_step:
