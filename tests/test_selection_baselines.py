@@ -105,3 +105,32 @@ def test_nat_marker_goes_into_the_training_chat(con, build):
     assert [t.content for t in untagged[2:]] == [t.content for t in positive[2:]]
     with pytest.raises(StoreError, match="unknown prompt tag"):
         chat.load_chat(con, "e1", 0, "neutral")
+
+
+def test_migration_0005_upgrades_a_version_4_store_keeping_its_examples(tmp_path):
+    """A store made before 0005 (training_examples without prompt_tag, runs without search)."""
+    import hashlib
+
+    import duckdb
+
+    from eef_tasks import store
+
+    path = tmp_path / "v4.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("""CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,
+                   checksum VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp);
+                   CREATE TABLE schema_views (name VARCHAR PRIMARY KEY, checksum VARCHAR NOT NULL,
+                   applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)""")
+    for version, name, file in store.migration_files()[:4]:
+        text = file.read_text()
+        con.execute(text)
+        con.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (?, ?, ?)",
+                    [version, name, hashlib.sha256(text.encode()).hexdigest()[:16]])
+    con.execute("INSERT INTO runs (run_id, n_sims, method) VALUES ('old', 2, 'eef')")
+    con.execute("INSERT INTO training_examples (run_id, iteration, method, traj_id, loss_from_step, state_kind, "
+                "state_traj_id, state_step, task_id) VALUES ('old', 1, 'eef', 'x', 3, 'need_recover', 'e', 3, 't')")
+    con.close()
+    with store.writer(path) as con:  # migrates
+        assert con.execute("SELECT * EXCLUDE (created_at) FROM training_examples").fetchall() == [
+            ("old", 1, "eef", "x", 3, "need_recover", "e", 3, "t", None)]
+        assert con.execute("SELECT run_id, n_sims, method, search FROM runs").fetchall() == [("old", 2, "eef", "uniform")]
