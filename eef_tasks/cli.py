@@ -118,10 +118,14 @@ def select_cmd(
         int | None,
         typer.Option("--sims", help="M, simulations per failed expert trajectory (new runs; default 5)"),
     ] = None,
+    search: Annotated[
+        str | None,
+        typer.Option("--search", help="uniform (M checkpoints) or binary (bisection; new runs; default uniform)"),
+    ] = None,
 ) -> None:
     """Write one iteration's training_examples (idempotent: replaces that set)."""
     with store.writer(db) as con:
-        result = selection.select_examples(con, run, iteration, method.value, sims)
+        result = selection.select_examples(con, run, iteration, method.value, sims, search)
     kinds = ", ".join(f"{kind}: {n}" for kind, n in result.by_kind.items()) or "none"
     out.print(
         f"run {result.run_id} iteration {result.iteration} method {result.method} (M = "

@@ -5,7 +5,8 @@ Episodes are from `s0` ('explore' / 'eval') or simulations from `s_k` of an expe
 drift recorded in `meta.drift`). Each turn is the one agent loop (`eef_tasks.agent`); the model is
 an engine (`eef_tasks.engines`: `hf` in this process, `vllm` on a server). Trajectories are stored
 per CONTRACT.md with deterministic ids (`traj_id_for_rollout`) and resumably (stored ids are
-skipped). Where simulations start is the `expert_checkpoints` view's rule, read, never restated.
+skipped). Where simulations start is the `expert_checkpoints` view's rule (uniform search) or the
+`binary_search_probes` view's (binary search, one round at a time), read, never restated.
 
 `run_rollouts` reads top to bottom:
 
@@ -91,7 +92,8 @@ def simulation_episodes(
             # The view reads M from `runs`; a temporary one-row `runs` (this connection only, it
             # shadows the stored table and writes nothing) applies the view's rule to M = n_sims.
             con.execute(
-                "CREATE TEMP TABLE runs AS SELECT $run_id::VARCHAR AS run_id, $m::INTEGER AS n_sims",
+                "CREATE TEMP TABLE runs AS SELECT $run_id::VARCHAR AS run_id, $m::INTEGER AS n_sims, "
+                "'uniform' AS search",
                 {"run_id": run_id, "m": int(n_sims)},
             )
         rows = con.execute(
@@ -99,6 +101,18 @@ def simulation_episodes(
             "ORDER BY task_id, expert_traj_id, step", {"run_id": run_id},
         ).fetchall()
     return [RolloutEpisode(t, e, int(k), s) for t, e, k in rows for s in range(n_samples)]
+
+
+def binary_search_episodes(db: str | Path, run_id: str, iteration: int) -> list[RolloutEpisode]:
+    """The next round of a binary-search run's simulations in `iteration`: the `binary_search_probes`
+    view's rows (empty when every search of the iteration has ended). Read-only."""
+    with reader(db) as con:
+        rows = con.execute(
+            "SELECT task_id, expert_traj_id, step FROM binary_search_probes WHERE run_id = $run_id "
+            "AND iteration = $iteration ORDER BY task_id, expert_traj_id, step",
+            {"run_id": run_id, "iteration": iteration},
+        ).fetchall()
+    return [RolloutEpisode(t, e, int(k)) for t, e, k in rows]
 
 
 @dataclass

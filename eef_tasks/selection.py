@@ -40,12 +40,21 @@ def check_request(iteration: int, method: str) -> None:
         raise StoreError(f"{method} iterations start at 1 (iteration 0 is --method bc)")
 
 
+SEARCHES = ("uniform", "binary")  # runs.search: which expert states a run simulates from
+
+
 def ensure_run(con: duckdb.DuckDBPyConnection, run_id: str, n_sims: int | None = None,
-               method: str | None = None) -> int:
-    """Register `run_id` with its M (n_sims) if new; a known run keeps the M it was created with.
+               method: str | None = None, search: str | None = None) -> int:
+    """Register `run_id` with its M (n_sims) and search if new; a known run keeps the M and search it
+    was created with (README, "Binary search": search = 'binary' has M = 0).
     A run's method (`runs.method`) is the first of RUN_METHODS it is registered or selected with."""
-    row = first_row(con, "SELECT n_sims FROM runs WHERE run_id = $run_id", {"run_id": run_id})
+    if search is not None and search not in SEARCHES:
+        raise StoreError(f"unknown search {search!r}: one of {', '.join(SEARCHES)}")
+    row = first_row(con, "SELECT n_sims, search FROM runs WHERE run_id = $run_id", {"run_id": run_id})
     if row is not None:
+        if search is not None and search != (row[1] or "uniform"):
+            raise StoreError(f"run {run_id!r} was created with search = {row[1]!r}, not {search!r}: "
+                             "start a new run instead")
         if n_sims is not None and n_sims != row[0]:
             raise StoreError(
                 f"run {run_id!r} was created with M = {row[0]} simulations per failed expert "
@@ -55,12 +64,15 @@ def ensure_run(con: duckdb.DuckDBPyConnection, run_id: str, n_sims: int | None =
             con.execute("UPDATE runs SET method = $method WHERE run_id = $run_id AND method IS NULL",
                         {"run_id": run_id, "method": method})
         return int(row[0])
-    n_sims = DEFAULT_N_SIMS if n_sims is None else n_sims
+    search = search or "uniform"
+    n_sims = (0 if search == "binary" else DEFAULT_N_SIMS) if n_sims is None else n_sims
     if n_sims < 0:
         raise StoreError("the number of simulations M must be >= 0")
+    if search == "binary" and n_sims != 0:
+        raise StoreError("a binary-search run picks its own states: M (--sims) does not apply, leave it out")
     con.execute(
-        "INSERT INTO runs (run_id, n_sims, method) VALUES ($run_id, $n_sims, $method)",
-        {"run_id": run_id, "n_sims": n_sims, "method": method if method in RUN_METHODS else None},
+        "INSERT INTO runs (run_id, n_sims, method, search) VALUES ($run_id, $n_sims, $method, $search)",
+        {"run_id": run_id, "n_sims": n_sims, "method": method if method in RUN_METHODS else None, "search": search},
     )
     return n_sims
 
@@ -71,12 +83,14 @@ def select_examples(
     iteration: int,
     method: str,
     n_sims: int | None = None,
+    search: str | None = None,
 ) -> SelectionResult:
-    """Write the training set of (run, iteration, method); replaces any earlier one."""
+    """Write the training set of (run, iteration, method); replaces any earlier one. A new run is
+    registered with `n_sims` (M) and `search` ('uniform' by default)."""
     check_request(iteration, method)
     key = {"run_id": run_id, "iteration": iteration, "method": method}
     with transaction(con):
-        n_sims = ensure_run(con, run_id, n_sims, method)
+        n_sims = ensure_run(con, run_id, n_sims, method, search)
         con.execute(read_sql("select/delete_examples"), key)
         if method == "bc":
             con.execute(read_sql("select/bc_examples"), {"run_id": run_id})

@@ -57,11 +57,16 @@ def run_n_sims(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
     return int(row[0])
 
 
+def run_search(con: duckdb.DuckDBPyConnection, run_id: str) -> str:
+    row = store.first_row(con, "SELECT search FROM runs WHERE run_id = $r", {"r": run_id})
+    return (row[0] if row else None) or "uniform"
+
+
 def reference_rows(
     con: duckdb.DuckDBPyConnection, run_id: str, iteration: int, method: str, n_sims: int
 ) -> list[tuple]:
     splits, trajs = selection_reference.load(con)
-    return selection_reference.select(splits, trajs, run_id, iteration, method, n_sims)
+    return selection_reference.select(splits, trajs, run_id, iteration, method, n_sims, run_search(con, run_id))
 
 
 def select_checked(
@@ -70,9 +75,10 @@ def select_checked(
     iteration: int,
     method: str,
     n_sims: int | None = None,
+    search: str | None = None,
 ) -> list[Example]:
     """Select with the SQL path; assert its rows equal the Python reference's; return them."""
-    result = selection.select_examples(con, run_id, iteration, method, n_sims)
+    result = selection.select_examples(con, run_id, iteration, method, n_sims, search)
     rows = selection.fetch_examples(con, run_id, iteration, method)
     expected = reference_rows(con, run_id, iteration, method, run_n_sims(con, run_id))
     assert rows == expected, _diff(rows, expected)

@@ -4,7 +4,8 @@ run id, iteration) that reads what it needs from the store, stores its output, a
 phases in the order `runs.phases_of` gives.
 
     explore   the policy of iteration i-1 from s0 of every training task (k samples: RFT×k)
-    simulate  the same policy from the checkpoints of every failed expert trajectory (eef only)
+    simulate  the same policy from the checkpoints of every failed expert trajectory (eef only; with
+              search='binary', rounds of a bisection over each one's steps)
     select    the iteration's training set (`eef select`: sql/select/*)
     train     a fresh LoRA adapter on it
     evaluate  the new adapter on the evaluation tasks (eef_tasks.evaluation, purpose 'eval')
@@ -17,6 +18,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from eef_tasks import evaluation, interrupt, rollout, selection, store
 from eef_tasks.engines import SamplingConfig
@@ -134,8 +136,49 @@ def explore(db, config: RunConfig, iteration: int, progress: Progress | None) ->
 
 def simulate(db, config: RunConfig, iteration: int, progress: Progress | None) -> dict:
     train = set(config.train_tasks)
+    adapter = policy_adapter(db, config, iteration - 1)
+    if config.search == "binary":
+        return _simulate_binary(db, config, iteration, adapter, train, progress)
     episodes = [e for e in rollout.simulation_episodes(db, config.run_id) if e.task_id in train]
-    return _rollouts(db, config, iteration, "simulate", episodes, policy_adapter(db, config, iteration - 1), progress)
+    return _rollouts(db, config, iteration, "simulate", episodes, adapter, progress)
+
+
+# a bisection of T steps simulates at most 3 * ceil(log2 T) states (sql/views/16_binary_search_probes.sql)
+MAX_BINARY_ROUNDS = 64
+
+
+def _simulate_binary(db, config: RunConfig, iteration: int, adapter: Path, train: set[str],
+                     progress: Progress | None) -> dict:
+    """Binary search (README, "Binary search"): rounds of simulations, each the states the bisection
+    asks for next (`binary_search_probes`, computed from what is stored), until every search has
+    ended. One engine serves every round. A rerun after a kill recomputes the next round from the
+    stored simulations, so it resumes where the killed phase stopped."""
+    totals: dict[str, Any] = {"rounds": 0, "requested": 0, "already_stored": 0, "written": 0, "successes": 0,
+                              "errors": 0, "failed": [], "completion_tokens": 0, "prefill_tokens": 0,
+                              "generate_s": 0.0, "adapter": str(adapter)}
+    model = None
+    while episodes := [e for e in rollout.binary_search_episodes(db, config.run_id, iteration) if e.task_id in train]:
+        if totals["rounds"] >= MAX_BINARY_ROUNDS:  # pragma: no cover - the rule ends far earlier
+            raise PipelineError(f"binary search of run {config.run_id!r} iteration {iteration} did not end")
+        model = model or engine(config, adapter)
+        done = totals["written"]
+        summary = rollout.run_rollouts(
+            db, config.run_id, iteration, episodes, purpose="simulate", engine=model,
+            model_id=f"{config.run_id}/{adapter.name}", sampling=_sampling(config, config.explore_temperature),
+            n_workers=config.workers, max_steps=config.max_steps, env=config.env,
+            env_kwargs=registry.env_kwargs(config.env, config.env_url), prompt_tag=config.prompt_tag,
+            on_progress=None if progress is None else (lambda s: progress(done + s.ran, done + len(episodes))),
+        )
+        part = _rollout_summary(config, iteration, "simulate", summary, len(episodes), adapter)
+        totals["rounds"] += 1
+        for key in ("requested", "already_stored", "written", "successes", "errors", "completion_tokens",
+                    "prefill_tokens", "generate_s"):
+            totals[key] += part[key]
+        totals["failed"] = (totals["failed"] + part["failed"])[:20]
+        if summary.written == 0:  # only failed episodes this round: stop instead of asking again
+            break
+    totals["generate_s"] = round(totals["generate_s"], 2)
+    return totals
 
 
 def evaluate(db, config: RunConfig, iteration: int, progress: Progress | None) -> dict:

@@ -61,16 +61,16 @@ def register_run(db: str | Path, config: RunConfig) -> RunConfig:
             raise PipelineError(f"no {config.eval_split} tasks to evaluate on"
                                 + (f" named {', '.join(config.task_names)}" if config.task_names else ""))
         if row is None:
-            con.execute("INSERT INTO runs (run_id, n_sims, method) VALUES ($r, $m, $method)",
-                        {"r": config.run_id, "m": config.n_sims, "method": config.method})
+            con.execute("INSERT INTO runs (run_id, n_sims, method, search) VALUES ($r, $m, $method, $search)",
+                        {"r": config.run_id, "m": config.n_sims, "method": config.method, "search": config.search})
         _write_config(con, resolved, config.model_dump(mode="json"))
         return resolved
 
 
 def _write_config(con: Any, config: RunConfig, requested: dict) -> None:
     con.execute(
-        "UPDATE runs SET config = $c, method = $method WHERE run_id = $r",
-        {"r": config.run_id, "method": config.method,
+        "UPDATE runs SET config = $c, method = $method, search = $search WHERE run_id = $r",
+        {"r": config.run_id, "method": config.method, "search": config.search,
          "c": json.dumps({"config": config.model_dump(mode="json"), "requested": requested})},
     )
 
@@ -123,7 +123,7 @@ def phases_of(iteration: int, config: RunConfig) -> tuple[str, ...]:
     """The phases of an iteration, in the order they run: the one home of that order."""
     if iteration == 0:
         return BC_PHASES
-    return PHASES if config.n_sims > 0 else tuple(p for p in PHASES if p != "simulate")
+    return PHASES if config.method == "eef" else tuple(p for p in PHASES if p != "simulate")
 
 
 def finished_phases(db: str | Path, run_id: str) -> dict[tuple[int, str], dict]:

@@ -34,6 +34,9 @@ class RunConfig(BaseModel):
     method: Literal["eef", "rft", "sft-all", "nat"] = Field(
         "eef", description="eef; rft (the baseline: no simulations); sft-all or nat (trained once on all expert data)")
     n_sims: int = Field(5, ge=0, le=50, description="M: simulations per failed expert trajectory (rft: 0)")
+    search: Literal["uniform", "binary"] = Field(
+        "uniform", description="eef: simulate from M evenly spaced checkpoints (uniform) or bisect each failed "
+                               "expert trajectory's steps (binary; n_sims = 0: M does not apply)")
     samples: int = Field(1, ge=1, le=16, description="k: rollouts per training task and iteration (RFT×k)")
     iterations: int = Field(4, ge=0, le=50, description="I: iterations after behaviour cloning")
     env: registry.EnvName = Field("scienceworld", description="a registered environment: scienceworld, agentgym:<env>, …")
@@ -68,6 +71,10 @@ class RunConfig(BaseModel):
                              "n_sims and iterations must be 0")
         if self.method in OFFLINE_METHODS and self.bc_adapter:
             raise ValueError(f"{self.method} trains its own iteration-0 adapter from the base model: no bc_adapter")
+        if self.search == "binary":
+            if self.method != "eef" or self.n_sims != 0:
+                raise ValueError("search='binary' is an eef option that picks its own states: method 'eef', n_sims 0")
+            return self
         if self.method == "rft" and self.n_sims != 0:
             raise ValueError("rft runs have no simulations: n_sims must be 0")
         if self.method == "eef" and self.n_sims == 0:
@@ -105,10 +112,10 @@ def validation_message(exc: ValidationError) -> str:
 
 
 def preset_config(preset: str, run_id: str, method: str = "eef", **overrides: Any) -> RunConfig:
-    """The RunConfig of a preset for run `run_id` (rft: M = 0; sft-all, nat: M = 0 and no iterations
-    after iteration 0), with `overrides` applied."""
+    """The RunConfig of a preset for run `run_id` (rft and binary search: M = 0; sft-all, nat: M = 0
+    and no iterations after iteration 0), with `overrides` applied."""
     values = {**presets.settings_of(preset), "run_id": run_id, "method": method, **overrides}
-    if method in ("rft", *OFFLINE_METHODS):
+    if method in ("rft", *OFFLINE_METHODS) or values.get("search") == "binary":
         values["n_sims"] = 0
     if method in OFFLINE_METHODS:
         values["iterations"] = 0

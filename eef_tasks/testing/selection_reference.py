@@ -7,6 +7,7 @@ that `benchmarks/bench_select.py` measures the SQL path against.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -44,8 +45,32 @@ def checkpoints(n_steps: int, n_sims: int) -> list[int]:
     return [m * spacing for m in range(1, n_sims + 1) if m * spacing < n_steps]
 
 
+def bisection_probes(known: dict[int, bool], n_steps: int) -> list[int]:
+    """The states a binary search simulates next (README, "Binary search"), given what it knows of
+    one failed expert trajectory with `n_steps` actions in one iteration: {step: succeeded} for s0
+    and the states simulated so far. s_T is known to fail."""
+    points = {0: False, **{k: v for k, v in known.items() if 0 <= k < n_steps}, n_steps: False}
+    steps = sorted(points)
+    gaps = [(a, b) for a, b in zip(steps, steps[1:]) if b - a > 1]
+    if any(points.values()):  # bisect every gap whose ends differ
+        return [(a + b) // 2 for a, b in gaps if points[a] != points[b]]
+    simulated = sum(1 for k in points if 0 < k < n_steps)
+    if not gaps or simulated >= math.ceil(math.log2(n_steps)):
+        return []
+    a, b = max(gaps, key=lambda gap: (gap[1] - gap[0], -gap[0]))  # seek: the widest, earliest gap
+    return [(a + b) // 2]
+
+
+def binary_need_recover(known: dict[int, bool], n_steps: int) -> list[tuple[int, int]]:
+    """(step, previous known step) of each simulated state that failed right after a success."""
+    points = {0: False, **{k: v for k, v in known.items() if 0 <= k < n_steps}}
+    steps = sorted(points)
+    return [(b, a) for a, b in zip(steps, steps[1:]) if points[a] and not points[b]]
+
+
 def need_recover_states(
-    splits: dict[str, str], trajs: list[Traj], run_id: str, iteration: int, n_sims: int
+    splits: dict[str, str], trajs: list[Traj], run_id: str, iteration: int, n_sims: int,
+    search: str = "uniform",
 ) -> set[tuple[str, str, int]]:
     """(task_id, expert_traj_id, step) of every need-recover state found in iterations <= N."""
     # outcome[(iteration, task, branch_traj_id, branch_step)] = did any run from there succeed
@@ -63,6 +88,12 @@ def need_recover_states(
     found = set()
     for e in trajs:
         if e.source != "expert" or e.success or splits.get(e.task_id) != "train":
+            continue
+        if search == "binary":
+            for i in iterations:
+                known = {k: ok for (it, task, branch, k), ok in outcome.items()
+                         if it == i and ((k == 0 and task == e.task_id) or (k > 0 and branch == e.traj_id))}
+                found |= {(e.task_id, e.traj_id, step) for step, _ in binary_need_recover(known, e.n_steps)}
             continue
         for i in iterations:
             previous = 0
@@ -85,6 +116,7 @@ def select(
     iteration: int,
     method: str,
     n_sims: int,
+    search: str = "uniform",
 ) -> list[tuple]:
     """Rows of training_examples (without created_at), sorted."""
     train = {task for task, split in splits.items() if split == "train"}
@@ -138,7 +170,7 @@ def select(
         for t in pool:
             if t.branch_traj_id is not None:
                 by_branch[t.branch_traj_id].append(t)
-        for task, expert_id, step in need_recover_states(splits, trajs, run_id, iteration, n_sims):
+        for task, expert_id, step in need_recover_states(splits, trajs, run_id, iteration, n_sims, search):
             for t in by_branch.get(expert_id, []):
                 if t.branch_step >= step:
                     offer(("need_recover", task, expert_id, step), t.branch_step - step, t)

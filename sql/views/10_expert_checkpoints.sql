@@ -1,6 +1,7 @@
 -- expert_checkpoints: the states from which a run simulates each failed expert trajectory.
 -- Grain: one row per (run_id, expert_traj_id, checkpoint).
--- Inputs: runs (n_sims = M), trajectories (failed expert trajectories), tasks (train split).
+-- Inputs: runs (n_sims = M; search = 'uniform': a binary-search run's states are binary_search_probes'),
+--         trajectories (failed expert trajectories), tasks (train split).
 -- Rule (METHOD.md, step 2.2): for T actions, l = max(1, T // (M + 1)); checkpoint m = 1..M is the
 -- state s_(m*l), kept while m*l < T. prev_step is the checkpoint before it (0 = the initial state).
 CREATE OR REPLACE VIEW expert_checkpoints AS
@@ -23,6 +24,7 @@ spaced AS (
         greatest(1, f.n_steps // (r.n_sims + 1)) AS spacing
     FROM runs AS r
     CROSS JOIN failed_experts AS f
+    WHERE coalesce(r.search, 'uniform') = 'uniform'
 ),
 
 numbered AS (

@@ -1,11 +1,15 @@
 -- need_recover_states: checkpoints from which the policy failed right after succeeding from the
 -- checkpoint before; the expert actions between the two are potentially harmful.
 -- Grain: one row per (run_id, iteration, expert_traj_id, step): the iteration that found it.
--- Inputs: expert_checkpoints, trajectories (the run's explore rollouts and simulations).
+-- Inputs: expert_checkpoints, trajectories (the run's explore rollouts and simulations);
+--         binary_search_points for runs with search = 'binary'.
 -- Rule (METHOD.md, step 2.4): c_m is need-recover in iteration i when, in iteration i, a run from
 -- c_(m-1) succeeded and the simulation from c_m failed; c_0 = s0, whose runs are the iteration's
 -- rollouts from the initial state. Several runs from one state (RFT x k) count as a success when
 -- any of them succeeded (ours). A checkpoint never simulated in iteration i is not judged there.
+-- Binary search (README, "Binary search"): the same rule over the states the bisection simulated in
+-- iteration i, in step order: a simulated state that failed right after a known point (s0 or a
+-- simulated state) that succeeded; checkpoint is NULL there (no fixed m).
 CREATE OR REPLACE VIEW need_recover_states AS
 WITH policy_runs AS (
     SELECT run_id, iteration, task_id, branch_traj_id, branch_step, success
@@ -60,9 +64,26 @@ judged AS (
         ON  s0.run_id = c.run_id
         AND s0.iteration = here.iteration
         AND s0.task_id = c.task_id
+),
+
+binary_search_neighbours AS (
+    SELECT
+        *,
+        lag(step) OVER search AS prev_step,
+        lag(succeeded) OVER search AS succeeded_before
+    FROM binary_search_points
+    WINDOW search AS (PARTITION BY run_id, iteration, expert_traj_id ORDER BY step)
 )
 
 SELECT run_id, iteration, task_id, expert_traj_id, checkpoint, step, prev_step
 FROM judged
 WHERE succeeded_before
-  AND NOT succeeded_here;
+  AND NOT succeeded_here
+
+UNION ALL
+
+SELECT run_id, iteration, task_id, expert_traj_id, NULL::INTEGER AS checkpoint, step, prev_step
+FROM binary_search_neighbours
+WHERE kind = 'probe'
+  AND succeeded_before
+  AND NOT succeeded;
