@@ -505,8 +505,9 @@ def run_cmd(
     name: Annotated[str, typer.Option("--name", help="runs are NAME-eef and NAME-rft")] = "demo",
     expert: Annotated[str, typer.Option("--expert", help="collect synthetic|gold expert data first, or none")] = "synthetic",
     rft_samples: Annotated[int, typer.Option("--rft-samples", help="k of the RFT baseline (RFT x k)")] = 1,
-    baselines: Annotated[str | None, typer.Option(
-        "--baselines", help="offline baselines to run too, comma-separated: sft-all,nat (runs NAME-<method>)")] = None,
+    extra: Annotated[str | None, typer.Option(
+        "--extra", help="more runs, comma-separated: sft-all, nat (offline baselines), eef-binary (EEF with "
+                        "search=binary); runs NAME-<extra>")] = None,
     settings: Annotated[list[str] | None, typer.Option("--set", help="override a run setting: KEY=VALUE (JSON), e.g. iterations=3")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="where the comparison table and plot go")] = Path("data/reports"),
     env: Annotated[str | None, typer.Option("--env", help="a registered environment: " + ", ".join(registry.BACKENDS))] = None,
@@ -526,12 +527,12 @@ def run_cmd(
     preset_config(preset, f"{name}-eef", "eef", **overrides)  # bad settings: one line, before Prefect starts
     params = _validated(ExperimentParams, dict(
         db=str(db), preset=preset, name=name, expert=expert, rft_samples=rft_samples,
-        baselines=[b for b in (baselines or "").split(",") if b], overrides=overrides, out_dir=str(out_dir)),
+        extra_runs=[x for x in (extra or "").split(",") if x], overrides=overrides, out_dir=str(out_dir)),
         "run settings")
     with temporary_server():  # none configured: one that stops last and dies with this process
         result = experiment_flow(params)
-    _print_comparison(report.comparison(db, [f"{name}-{m}" for m in ("eef", "rft", *params.baselines)]),
-                      f"EEF vs RFT{''.join(', ' + m for m in params.baselines)} ({preset} preset; win rates in %)")
+    _print_comparison(report.comparison(db, [f"{name}-{m}" for m in ("eef", "rft", *params.extra_runs)]),
+                      f"EEF vs RFT{''.join(', ' + m for m in params.extra_runs)} ({preset} preset; win rates in %)")
     out.print(f"table: {escape(str(result['table']))}  plot: {escape(str(result['plot']))}")
     out.print(f"Try: eef sql --db {escape(str(db))} \"SELECT * FROM run_comparison\"")
 

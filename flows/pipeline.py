@@ -87,8 +87,9 @@ class ExperimentParams(BaseModel):
         "synthetic", description="collect this expert's trajectories on the training tasks first (none: use the store's)")
     expert_seeds: list[int] = Field(default_factory=lambda: [0, 1], description="synthetic expert: one trajectory per seed")
     rft_samples: int = Field(1, ge=1, le=16, description="k of the RFT baseline (RFT×k)")
-    baselines: list[Literal["sft-all", "nat"]] = Field(
-        default_factory=list, description="offline baselines to run too, as runs <name>-<method> (same tasks)")
+    extra_runs: list[Literal["sft-all", "nat", "eef-binary"]] = Field(
+        default_factory=list, description="more runs beside EEF and RFT, on the same tasks, as <name>-<extra>: the "
+                                          "offline baselines sft-all and nat, EEF with search=binary (the BC adapter shared)")
     overrides: dict = Field(default_factory=dict, description="RunConfig fields to change, e.g. {\"iterations\": 3}")
     out_dir: str = "data/reports"
 
@@ -287,8 +288,8 @@ def compare_flow(params: CompareParams = CompareParams()) -> dict:
 
 @flow(name="experiment", flow_run_name="{params.name}", log_prints=True)
 def experiment_flow(params: ExperimentParams = ExperimentParams()) -> dict:
-    """Collect expert data, run EEF and RFT from one preset (sharing the BC adapter) and the offline
-    baselines asked for, compare them."""
+    """Collect expert data, run EEF and RFT from one preset (sharing the BC adapter) and the extra runs
+    asked for, compare them."""
     eef_config = pipeline.preset_config(params.preset, f"{params.name}-eef", "eef", **params.overrides)
     if params.expert != "none":
         # offline experts play the task env's own backend (a run on agentgym:sciworld learns from
@@ -309,12 +310,17 @@ def experiment_flow(params: ExperimentParams = ExperimentParams()) -> dict:
     eef_flow(RunParams(db=params.db, run=eef_config))
     rft_flow(RFTParams(db=params.db, run=rft_config))
     run_ids = [eef.run_id, rft_config.run_id]
-    for method in params.baselines:
-        baseline = pipeline.preset_config(
-            params.preset, f"{params.name}-{method}", method,
-            **{**params.overrides, "train_tasks": eef.train_tasks, "eval_tasks": eef.eval_tasks})
-        baseline_flow(RunParams(db=params.db, run=baseline))
-        run_ids.append(baseline.run_id)
+    same_tasks = {"train_tasks": eef.train_tasks, "eval_tasks": eef.eval_tasks}
+    for extra in params.extra_runs:
+        if extra == "eef-binary":
+            config = pipeline.preset_config(params.preset, f"{params.name}-{extra}", "eef", **{
+                **params.overrides, **same_tasks, "search": "binary", "bc_adapter": str(pipeline.adapter_dir(eef, 0))})
+            eef_flow(RunParams(db=params.db, run=config))
+        else:
+            config = pipeline.preset_config(params.preset, f"{params.name}-{extra}", extra,
+                                            **{**params.overrides, **same_tasks})
+            baseline_flow(RunParams(db=params.db, run=config))
+        run_ids.append(config.run_id)
     return compare_flow(CompareParams(db=params.db, run_ids=run_ids, out_dir=params.out_dir))
 
 

@@ -82,6 +82,23 @@ def test_offline_baselines_are_one_iteration_on_expert_data(db, method) -> None:
                            "FROM run_comparison WHERE run_id = 'r1'").fetchall() == [(method, 4, 2, 2)]
 
 
+def test_binary_search_is_an_eef_option_without_m(db) -> None:
+    with pytest.raises(ValueError, match="search='binary' is an eef option"):
+        RunConfig(run_id="x", search="binary", n_sims=2)
+    with pytest.raises(ValueError, match="search='binary' is an eef option"):
+        RunConfig(run_id="x", method="rft", search="binary", n_sims=0)
+    preset = pipeline.preset_config("demo", "d", "eef", search="binary")
+    assert (preset.n_sims, preset.search) == (0, "binary")
+    run = config(search="binary", n_sims=0)
+    assert pipeline.phases_of(1, run) == ("explore", "simulate", "select", "train", "evaluate")
+    pipeline.register_run(db, run)
+    with store.reader(db) as con:
+        assert con.execute("SELECT n_sims, method, search FROM runs WHERE run_id = 'r1'").fetchall() == [
+            (0, "eef", "binary")]
+    with pytest.raises(PipelineError, match=r"exists with other settings \(n_sims, search\)"):
+        pipeline.register_run(db, config())
+
+
 def test_register_resolves_task_sets_once_and_fixes_settings(db) -> None:
     registered = pipeline.register_run(db, config(task_names=["lifespan-shortest-lived"]))
     assert registered.train_tasks == TASKS[:2]  # expert data on train tasks of that name only

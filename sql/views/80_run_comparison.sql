@@ -11,7 +11,8 @@
 --                     nat run: its own method, trained once on expert data), else method
 --   n_examples, n_initial, n_need_recover, n_expert_success
 --                     that training set's size and its rows by state_kind (0 when not selected)
---   n_expert_failure  its expert_failure rows (sft-all, nat; the last column, added later)
+--   n_expert_failure  its expert_failure rows (sft-all, nat; added after the others, as is search)
+--   search            runs.search: 'uniform' (M checkpoints) or 'binary' (bisection; M = 0)
 --   n_need_recover_found   distinct need-recover states (expert_traj_id, step) found in
 --                     iterations <= this one (METHOD.md step 2.4: important states accumulate)
 --   n_simulations     purpose = 'simulate' trajectories of this iteration (from expert states)
@@ -41,7 +42,8 @@ run_methods AS (
     SELECT
         run.run_id,
         runs.n_sims,
-        runs.method
+        runs.method,
+        runs.search
     FROM (SELECT DISTINCT run_id FROM run_iterations) AS run
     LEFT JOIN runs ON runs.run_id = run.run_id
 ),
@@ -52,6 +54,7 @@ iterations AS (
         i.iteration,
         m.method,
         m.n_sims,
+        m.search,
         CASE
             WHEN i.iteration > 0 THEN m.method
             WHEN m.method IN ('sft-all', 'nat') THEN m.method
@@ -166,7 +169,8 @@ SELECT
     test.n_tasks AS n_test_tasks,
     test.win_rate AS test_win_rate,
     test.mean_reward AS test_mean_reward,
-    coalesce(x.n_expert_failure, 0) AS n_expert_failure
+    coalesce(x.n_expert_failure, 0) AS n_expert_failure,
+    i.search
 FROM iterations AS i
 LEFT JOIN examples AS x ON x.run_id = i.run_id AND x.iteration = i.iteration
 LEFT JOIN need_recover_found AS f ON f.run_id = i.run_id AND f.iteration = i.iteration
