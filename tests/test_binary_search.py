@@ -192,6 +192,7 @@ def test_bisection_follows_the_rule_and_ends_in_o_log_t(n_steps, s0, data):
                 known.update({k: succeeds[k] for k in got})
                 assert len(known) - 1 <= budget
             found = [row[3:] for row in need_recover_rows(con)]
+            assert len(found) <= 1  # F* S* F* in step order: one success-to-failure step at most
             assert found == selection_reference.binary_need_recover(known, n_steps)
             if any(known.values()):
                 # one-step resolution: every need-recover state directly follows a success, and the
