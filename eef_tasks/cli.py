@@ -263,6 +263,29 @@ def export_cmd(
     err.print(f"exported {n} trajectories")
 
 
+@app.command("export-dpo")
+@user_errors
+def export_dpo_cmd(
+    path: Annotated[Path, typer.Argument(help="output JSONL file ('-' for stdout)")],
+    run: Annotated[str, typer.Option("--run", help="the run whose training set the pairs come from")],
+    iteration: Annotated[int, typer.Option("--iteration", help=">= 1")],
+    db: DbOption = store.DEFAULT_DB,
+    method: Annotated[str, typer.Option("--method", help="eef or rft")] = "eef",
+    force: Annotated[bool, typer.Option("--force", help="replace an existing output file")] = False,
+) -> None:
+    """Preference pairs of important states (view preference_pairs) as TRL DPO JSONL: prompt, chosen, rejected."""
+    from eef_tasks import preferences
+
+    if str(path) == "-":
+        with store.reader(db) as con:
+            n = preferences.export_pairs(con, sys.stdout, run, iteration, method)
+    else:
+        with output_file(path, force=force, protected=(db, db.with_name(db.name + ".wal"))) as handle, \
+                store.reader(db) as con:
+            n = preferences.export_pairs(con, handle, run, iteration, method)
+    err.print(f"exported {n} preference pairs")
+
+
 @app.command()
 @user_errors
 def collect(
