@@ -102,6 +102,15 @@ class Method(str, Enum):
     nat = "nat"
 
 
+class TrainMethod(str, Enum):
+    bc = "bc"
+    eef = "eef"
+    rft = "rft"
+    sft_all = "sft-all"
+    nat = "nat"
+    dpo = "dpo"  # DPO (TRL) on the preference pairs of an eef/rft training set, from its SFT adapter
+
+
 class PromptTag(str, Enum):
     positive = "positive"
     negative = "negative"
@@ -378,9 +387,13 @@ def _json_settings(value: str | None) -> dict:
 def train(
     run: Annotated[str, typer.Option("--run", help="the run whose examples to train on")],
     iteration: Annotated[int, typer.Option("--iteration")],
-    method: Annotated[Method, typer.Option("--method")],
+    method: Annotated[TrainMethod, typer.Option("--method", help="bc, eef, rft, sft-all, nat; or dpo")],
     db: DbOption = store.DEFAULT_DB,
     out_dir: Annotated[Path | None, typer.Option("--out", help="adapter folder (default data/adapters/<run>/<method>-it<N>)")] = None,
+    sft_adapter: Annotated[Path | None, typer.Option(
+        "--sft-adapter", help="dpo: the SFT adapter to continue (default data/adapters/<run>/<pairs-from>-it<N>)")] = None,
+    pairs_from: Annotated[str, typer.Option("--pairs-from", help="dpo: the training set whose pairs to use, eef or rft")] = "eef",
+    beta: Annotated[float | None, typer.Option("--beta", help="dpo: DPO's beta (default 0.1)")] = None,
     base_model: Annotated[str | None, typer.Option("--base-model", help="local path or name (default: SmolLM2-135M-Instruct)")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs")] = None,
     lr: Annotated[float | None, typer.Option("--lr")] = None,
@@ -391,8 +404,27 @@ def train(
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing adapter")] = False,
 ) -> None:
-    """Train a fresh LoRA adapter on one run/iteration/method's training_examples (loss on actions only)."""
+    """Train a fresh LoRA adapter on one run/iteration/method's training_examples (loss on actions only);
+    with --method dpo, continue an SFT adapter with DPO (TRL) on the preference pairs of its training set."""
     from eef_tasks import training  # the model stack loads only for the model commands
+
+    if method is TrainMethod.dpo:
+        from eef_tasks import dpo
+
+        given = {"epochs": epochs, "learning_rate": lr, "batch_size": batch_size, "micro_batch": micro_batch,
+                 "max_length": max_length, "max_steps": max_steps, "seed": seed, "beta": beta}
+        dpo_config = dpo.DPOTrainConfig(**{key: value for key, value in given.items() if value is not None})
+        sft = sft_adapter or training.default_adapter_dir(run, iteration, pairs_from)
+        with interrupt.doing(f"dpo of {run} iteration {iteration}"):
+            info = dpo.train_dpo(db, run, iteration, out_dir or training.default_adapter_dir(run, iteration, "dpo"),
+                                 sft_adapter=sft, method=pairs_from, base_model=base_model, config=dpo_config,
+                                 overwrite=overwrite)
+        out.print(f"adapter {info['path']}: DPO on {info['n_pairs']} preference pairs from {escape(str(sft))}, "
+                  f"{info['n_optimizer_steps']} optimizer steps, final loss {round(info['final_loss'], 4)}, "
+                  f"{info['wall_s']:.0f} s")
+        return
+    if beta is not None or sft_adapter is not None:
+        raise UserError("--beta and --sft-adapter are options of --method dpo")
 
     given = {"epochs": epochs, "learning_rate": lr, "batch_size": batch_size, "micro_batch": micro_batch,
              "max_length": max_length, "max_steps": max_steps, "seed": seed}

@@ -444,11 +444,13 @@ def train_adapter(
         ],
         "skipped": skipped,
     }
-    _write_atomically(out_dir, model, tokenizer, record, overwrite=overwrite)
+    write_adapter(out_dir, model, tokenizer, record, overwrite=overwrite)
     return info
 
 
-def _write_atomically(out_dir: Path, model: Any, tokenizer: Any, record: dict, *, overwrite: bool) -> None:
+def write_adapter(out_dir: Path, model: Any, tokenizer: Any, record: dict, *, overwrite: bool) -> None:
+    """Save an adapter folder (adapter, tokenizer, eef-train.json `record`) atomically: written to a
+    temporary folder beside `out_dir` and renamed into place."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     old = None
@@ -516,5 +518,5 @@ def load_policy(base_model: str | Path | None, adapter_dir: str | Path, *, devic
 __all__ = [
     "AdapterInfo", "ExampleKey", "TRAIN_FILE", "TrainConfig", "TrainingError", "collate",
     "default_adapter_dir", "enable_checkpointing", "length_grouped_batches", "load_policy", "lora_compute",
-    "load_training_chats", "mean_loss", "read_train_record", "train_adapter", "training_precision",
+    "load_training_chats", "mean_loss", "read_train_record", "train_adapter", "training_precision", "write_adapter",
 ]
