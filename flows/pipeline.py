@@ -66,6 +66,12 @@ class RFTParams(BaseModel):
     run: RunConfig = Field(default_factory=lambda: RunConfig(run_id="rft-1", method="rft", n_sims=0))
 
 
+class BaselineParams(BaseModel):
+    model_config = ConfigDict(hide_input_in_errors=True)
+    db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store (expert data collected already)")
+    run: RunConfig = Field(default_factory=lambda: RunConfig(run_id="nat-1", method="nat", n_sims=0, iterations=0))
+
+
 class EvaluateParams(BaseModel):
     db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store")
     run_id: str = "eef-1"
@@ -248,7 +254,7 @@ def rft_flow(params: RFTParams = RFTParams()) -> list[dict]:
 
 
 @flow(name="baseline", flow_run_name="{params.run.run_id}", log_prints=True)
-def baseline_flow(params: RunParams = RunParams(run=RunConfig(run_id="nat-1", method="nat", n_sims=0, iterations=0))) -> list[dict]:
+def baseline_flow(params: BaselineParams = BaselineParams()) -> list[dict]:
     """An offline baseline (sft-all or nat): one adapter trained on all expert data, then evaluated."""
     if params.run.method not in pipeline.OFFLINE_METHODS:
         raise pipeline.PipelineError("the baseline flow runs method 'sft-all' or 'nat'; use the eef or rft flow")
@@ -319,7 +325,7 @@ def experiment_flow(params: ExperimentParams = ExperimentParams()) -> dict:
         else:
             config = pipeline.preset_config(params.preset, f"{params.name}-{extra}", extra,
                                             **{**params.overrides, **same_tasks})
-            baseline_flow(RunParams(db=params.db, run=config))
+            baseline_flow(BaselineParams(db=params.db, run=config))
         run_ids.append(config.run_id)
     return compare_flow(CompareParams(db=params.db, run_ids=run_ids, out_dir=params.out_dir))
 
