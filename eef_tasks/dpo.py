@@ -112,6 +112,7 @@ def train_dpo(
             max_length=config.max_length, max_steps=config.max_steps or -1, seed=config.seed,
             save_strategy="no", report_to="none", logging_steps=1, bf16=False, fp16=False,
             disable_tqdm=True, dataloader_num_workers=0,
+            gradient_checkpointing=torch.cuda.is_available(),  # recomputing activations only pays on a GPU
         )
         trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(records),
                              processing_class=tokenizer)

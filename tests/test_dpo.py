@@ -37,6 +37,7 @@ def _lora_weights(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
 
 
+@pytest.mark.slow
 def test_dpo_continues_the_sft_adapter_on_the_pairs(pairs_store, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
