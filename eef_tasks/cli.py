@@ -704,5 +704,42 @@ def serve(
     serving.serve(interval, cron, run, db, limit, say=lambda line: out.print(escape(line)))
 
 
+vllm_app = typer.Typer(help="A real vLLM server for --engine vllm (its own venv: `make vllm`; docs/vllm.md).",
+                       no_args_is_help=True)
+app.add_typer(vllm_app, name="vllm")
+
+
+@vllm_app.command("serve")
+@user_errors
+def vllm_serve(
+    model: Annotated[str | None, typer.Option("--model", help="checkpoint folder or hub id (default: SmolLM2-135M-Instruct, converted once from its GGUF)")] = None,
+    served_name: Annotated[str, typer.Option("--served-model-name", help="the base model's name in requests")] = "smollm2-135m-instruct",
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="0: a free port")] = 8000,
+    lora_rank: Annotated[int, typer.Option("--lora-rank", help="--max-lora-rank: the run's LoRA rank (train.lora_r); 0: no LoRA")] = 16,
+    kv_cache_gib: Annotated[int | None, typer.Option("--kv-cache-gib", help="CPU: KV cache in GiB (default: a quarter of free memory, 1-8)")] = None,
+    max_model_len: Annotated[int, typer.Option("--max-model-len", help="longest prompt + reply, in tokens")] = 8192,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for the server to answer")] = 600.0,
+) -> None:
+    """Start vLLM for the default model with this machine's flags, print the URL to use, serve until Ctrl-C."""
+    from eef_tasks.engines.vllm_server import ServerSpec, VLLMServer
+
+    spec = ServerSpec.for_machine(model, lora_rank=lora_rank or None, served_name=served_name, host=host,
+                                  port=port, kv_cache_gib=kv_cache_gib, max_model_len=max_model_len)
+    server = VLLMServer(spec)
+    err.print(f"starting vLLM ({spec.device}) for {escape(spec.model)}; log: {escape(str(server.log_path))}")
+    server.start()
+    try:
+        seconds = server.wait_ready(timeout)
+        out.print(f"vLLM serves {escape(spec.served_name)} at {escape(server.url)} (pid {server.proc.pid}, up in {seconds:.0f} s)")
+        out.print(f"use it: eef run --set engine=vllm --set vllm_url={escape(server.url)}   "
+                  f"or   export EEF_VLLM_URL={escape(server.url)}")
+        out.print("Ctrl-C stops it.")
+        status = server.proc.wait()
+        raise UserError(f"the vLLM server exited with status {status}:\n{server.log_tail(15)}")
+    finally:
+        server.stop()
+
+
 if __name__ == "__main__":
     app()

