@@ -57,5 +57,6 @@ if ! out=$("$VENV/bin/python" -c 'import torch, vllm; print(vllm.__version__, to
     echo "$out" | tail -n 20 >&2
     exit 1
 fi
-echo "install-vllm: vllm ${out##*$'\n'} ready in $VENV after $(( $(date +%s) - start )) s"
+versions=$(printf '%s\n' "$out" | tail -n 1)
+echo "install-vllm: vllm $versions (vllm, torch) ready in $VENV after $(( $(date +%s) - start )) s"
 echo "$want" > "$MARKER"
