@@ -153,12 +153,18 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     hf = {r["c"]: r for r in rows if r["mode"] == "hf"}
-    print("\n| mode | concurrent episodes | episodes | errors | wall s | generated tokens | gen tok/s | episodes/s | vs hf |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def vs_hf(r: dict, key: str) -> str:
+        ref = hf.get(r["c"], {}).get(key)
+        return f"{r[key] / ref:.2f}x" if ref else "-"
+
+    print("\n| mode | concurrent episodes | episodes | errors | wall s | generated tokens | gen tok/s | episodes/s "
+          "| episodes/s vs hf | gen tok/s vs hf |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        ratio = r["episodes_per_s"] / hf[r["c"]]["episodes_per_s"] if r["c"] in hf and hf[r["c"]]["episodes_per_s"] else None
         print(f"| {r['mode']} | {r['c']} | {r['episodes']} | {r['errors']} | {r['wall_s']:.1f} | {r['completion_tokens']:,} "
-              f"| {r['tokens_per_s']:.1f} | {r['episodes_per_s']:.3f} | {f'{ratio:.2f}x' if ratio else '-'} |")
+              f"| {r['tokens_per_s']:.1f} | {r['episodes_per_s']:.3f} | {vs_hf(r, 'episodes_per_s')} "
+              f"| {vs_hf(r, 'tokens_per_s')} |")
     print("\n| start-up | seconds |\n|---|---:|")
     for name, seconds in startup.items():
         print(f"| {name} | {seconds:.1f} |")

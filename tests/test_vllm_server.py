@@ -149,7 +149,7 @@ def test_the_pipeline_serves_itself_and_a_killed_phase_leaves_no_server(vllm_ven
             reward=1.0, steps=[StepRecord(action="look around", observation="This room is called the hallway.")])],
             tasks=[TaskRecord(task_id=TRAIN, env="scienceworld", split="train", instruction="find a living thing")])
     config = RunConfig(run_id="v", method="rft", n_sims=0, iterations=1, engine="vllm", train_tasks=[TRAIN],
-                       eval_tasks=["scienceworld/find-living-thing/1"], workers=1, max_steps=2, max_new_tokens=12,
+                       eval_tasks=["scienceworld/find-living-thing/161"], workers=1, max_steps=2, max_new_tokens=12,
                        train=TrainConfig(lora_r=8), adapters_dir=str(tmp_path / "adapters"))
     pipeline.register_run(db, config)
     for phase in BC_PHASES:  # iteration 0 as if it had run: its adapter is `adapter`
