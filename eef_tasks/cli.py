@@ -719,13 +719,16 @@ def vllm_serve(
     lora_rank: Annotated[int, typer.Option("--lora-rank", help="--max-lora-rank: the run's LoRA rank (train.lora_r); 0: no LoRA")] = 16,
     kv_cache_gib: Annotated[int | None, typer.Option("--kv-cache-gib", help="CPU: KV cache in GiB (default: a quarter of free memory, 1-8)")] = None,
     max_model_len: Annotated[int, typer.Option("--max-model-len", help="longest prompt + reply, in tokens")] = 8192,
+    max_loras: Annotated[int, typer.Option("--max-loras", help="adapters in one batch")] = 2,
+    dtype: Annotated[str, typer.Option("--dtype", help="bfloat16 (fast here), or float32 (token-identical to transformers' float32)")] = "bfloat16",
     timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for the server to answer")] = 600.0,
 ) -> None:
     """Start vLLM for the default model with this machine's flags, print the URL to use, serve until Ctrl-C."""
     from eef_tasks.engines.vllm_server import ServerSpec, VLLMServer
 
     spec = ServerSpec.for_machine(model, lora_rank=lora_rank or None, served_name=served_name, host=host,
-                                  port=port, kv_cache_gib=kv_cache_gib, max_model_len=max_model_len)
+                                  port=port, kv_cache_gib=kv_cache_gib, max_model_len=max_model_len,
+                                  max_loras=max_loras, dtype=dtype)
     server = VLLMServer(spec)
     err.print(f"starting vLLM ({spec.device}) for {escape(spec.model)}; log: {escape(str(server.log_path))}")
     server.start()

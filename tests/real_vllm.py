@@ -39,3 +39,41 @@ def real_vllm_venv() -> Path:
     if not installed(venv):
         pytest.skip(f"no real vLLM: {venv} has no {MARKER} (run `make vllm`, or `make test`, which installs it)")
     return venv
+
+
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+def processes() -> dict[int, tuple[int, int, str, str]]:
+    """pid -> (ppid, pgrp, state, cmdline) of every process."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[int(entry.name)] = (int(fields[1]), int(fields[2]), fields[0], cmdline)
+    return out
+
+
+def alive_in_group(pgrp: int) -> list[int]:
+    return [pid for pid, (_, group, state, _) in processes().items() if group == pgrp and state != "Z"]
+
+
+def server_children(parent: int) -> list[int]:
+    """The vLLM servers (`python -m vllm.entrypoints.openai.api_server`) that `parent` started."""
+    return [pid for pid, (ppid, _, _, cmdline) in processes().items() if ppid == parent and SERVER_MODULE in cmdline]
+
+
+def wait_gone(pgrp: int, timeout_s: float = 30.0) -> None:
+    """Until no live process is left in the server's process group (vLLM's engine-core and worker
+    processes included); fails the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while alive_in_group(pgrp):
+        if time.monotonic() > deadline:
+            pytest.fail(f"vLLM processes outlived their parent: {alive_in_group(pgrp)}")
+        time.sleep(0.2)

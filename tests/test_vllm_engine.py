@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -41,7 +42,6 @@ from eef_tasks.engines.vllm import (
     adapter_served_name,
     request_seed,
 )
-from eef_tasks.engines.vllm_server import ServerSpec, VLLMServer, installed_device
 from eef_tasks.rollout import RolloutEpisode, run_rollouts
 
 pytestmark = pytest.mark.slow
@@ -53,7 +53,7 @@ FIND = "scienceworld/find-living-thing/0"
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=8)
 
 from game import needs_java  # noqa: E402
-from real_vllm import real_vllm_venv  # noqa: E402
+from real_vllm import real_vllm_venv, server_children, wait_gone  # noqa: E402
 
 
 def _free_port() -> int:
@@ -126,8 +126,9 @@ class StandIn:
 
 
 class RealVLLM(StandIn):
-    """The real vLLM server (`make vllm`'s venv) with the flags eef uses on this machine, float32,
-    LoRA up to rank 8, the test key; `stop` and `start` again keep the port."""
+    """The real vLLM server (`make vllm`'s venv) as a user starts it, `eef vllm serve` (float32,
+    LoRA up to rank 8, the test key in $VLLM_API_KEY); `stop` is a terminal's Ctrl-C, and checks
+    that eef exits 130 with the server and its engine processes gone; `start` again keeps the port."""
 
     kind = "vllm"
     start_timeout_s = 900.0  # a cold start on a loaded 2-core machine
@@ -135,25 +136,44 @@ class RealVLLM(StandIn):
     def __init__(self, model_path: Path, log: Path, venv: Path) -> None:
         super().__init__(model_path, log)
         self.venv = venv
-        self.spec = ServerSpec(model=str(model_path), device=installed_device(venv), port=self.port, lora_rank=8,
-                               max_loras=4, max_model_len=2048, kv_cache_gib=1, dtype="float32", api_key=KEY)
-        self.server: VLLMServer | None = None
 
     def start(self) -> None:
-        self.server = VLLMServer(self.spec, venv=self.venv, log_path=self.log).start()
-        self.proc = self.server.proc
+        eef = shutil.which("eef", path=str(Path(sys.executable).parent)) or "eef"
+        env = {k: v for k, v in os.environ.items() if k != "EEF_VLLM_URL"}
+        env.update(VLLM_API_KEY=KEY, EEF_VLLM_VENV=str(self.venv), HF_HUB_OFFLINE="1")
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [eef, "vllm", "serve", "--model", str(self.model_path), "--port", str(self.port),
+                 "--lora-rank", "8", "--max-loras", "4", "--kv-cache-gib", "1", "--max-model-len", "2048",
+                 "--dtype", "float32", "--timeout", str(self.start_timeout_s)],
+                stdout=out, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True,  # as in a terminal: Ctrl-C goes to eef's group, not the server's
+                preexec_fn=(interrupt.die_with_parent
+                            if threading.current_thread() is threading.main_thread() else None),
+            )
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
-        assert self.server is not None
-        try:
-            self.server.wait_ready(timeout_s or self.start_timeout_s)
-        except VLLMError as exc:
-            pytest.fail(str(exc))
+        super().wait_ready(timeout_s or self.start_timeout_s)
+        deadline = time.monotonic() + 30
+        while f"vllm_url={self.url}" not in self.log.read_text(errors="replace"):  # what a user copies
+            assert time.monotonic() < deadline, self.log.read_text()[-2000:]
+            time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-        self.server = self.proc = None
+        if self.proc is None:
+            return
+        servers = server_children(self.proc.pid)
+        assert len(servers) == 1, servers
+        os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            status = self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        finally:
+            self.proc = None
+        assert status == 130, self.log.read_text()[-2000:]
+        wait_gone(servers[0])
 
     def faults(self, *answers: dict) -> None:  # pragma: no cover - guarded by the callers
         raise AssertionError("the real vLLM server has no fault injection")

@@ -1,8 +1,9 @@
 """The real vLLM server as eef starts it (`eef_tasks.engines.vllm_server`): its command for this
-machine, `eef vllm serve`, and the pipeline's own server with `engine = "vllm"` and no URL, which
+machine, and the pipeline's own server with `engine = "vllm"` and no URL, which
 lives exactly as long as the phase process (a SIGKILLed phase leaves no server behind).
 
-The command-line tests need no vLLM; the others run against the real server from `make vllm`'s
+(`eef vllm serve` is the real server of tests/test_vllm_engine.py.) The command-line tests need
+no vLLM; the others run against the real server from `make vllm`'s
 `.vllm-venv` (marker `real_vllm`: run last, skipped with the reason without it; tests/real_vllm.py)
 on real ScienceWorld episodes in a real DuckDB file."""
 
@@ -11,28 +12,25 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from eef_tasks import pipeline, store
 from eef_tasks.engines.vllm import VLLMError
-from eef_tasks.engines.vllm_server import ServerSpec, VLLMServer, free_port, kv_cache_gib
+from eef_tasks.engines.vllm_server import ServerSpec, VLLMServer, kv_cache_gib
 from eef_tasks.pipeline import RunConfig
 from eef_tasks.pipeline.runs import BC_PHASES, mark_phase
 from eef_tasks.records import StepRecord, TaskRecord, TrajectoryRecord, write_trajectories
 from eef_tasks.training import TrainConfig
 
 from game import needs_java  # noqa: E402
-from real_vllm import real_vllm_venv  # noqa: E402
+from real_vllm import SERVER_MODULE, alive_in_group, processes, real_vllm_venv, server_children, wait_gone  # noqa: E402
 
 TRAIN = "scienceworld/find-living-thing/0"
-SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
 
 # --- the command, without a server --------------------------------------------------------------------
@@ -71,43 +69,14 @@ def test_without_the_venv_a_clear_error(tmp_path, monkeypatch) -> None:
 # --- against the real server --------------------------------------------------------------------------
 
 
-def _processes() -> dict[int, tuple[int, int, str, str]]:
-    """pid -> (ppid, pgrp, state, cmdline) of every process."""
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        out[int(entry.name)] = (int(fields[1]), int(fields[2]), fields[0], cmdline)
-    return out
-
-
-def _alive_in_group(pgrp: int) -> list[int]:
-    return [pid for pid, (_, group, state, _) in _processes().items() if group == pgrp and state != "Z"]
-
-
 def _server_child_of(parent: int, proc: subprocess.Popen, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the phase process exited ({proc.returncode})"
-        for pid, (ppid, _, _, cmdline) in _processes().items():
-            if ppid == parent and SERVER_MODULE in cmdline:
-                return pid
+        if children := server_children(parent):
+            return children[0]
         time.sleep(0.5)
     pytest.fail("the phase process started no vLLM server")
-
-
-def _wait_gone(pgrp: int, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while _alive_in_group(pgrp):
-        if time.monotonic() > deadline:
-            pytest.fail(f"vLLM processes outlived their parent: {_alive_in_group(pgrp)}")
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -164,11 +133,11 @@ def test_the_pipeline_serves_itself_and_a_killed_phase_leaves_no_server(vllm_ven
     try:
         server = _server_child_of(first.pid, first, timeout_s=120)
         time.sleep(5)  # the server is loading: vLLM's engine-core process is up too by now
-        group = _alive_in_group(server)
+        group = alive_in_group(server)
         assert server in group
         first.kill()  # SIGKILL: no clean-up code runs in the phase process
         first.wait(timeout=30)
-        _wait_gone(server)
+        wait_gone(server)
     finally:
         if first.poll() is None:
             first.kill()
@@ -179,39 +148,9 @@ def test_the_pipeline_serves_itself_and_a_killed_phase_leaves_no_server(vllm_ven
     result = json.loads(next(line for line in proc.stdout.splitlines()
                              if line.startswith(pipeline.RESULT_PREFIX))[len(pipeline.RESULT_PREFIX):])
     assert result["written"] == 1 and result["errors"] == 0 and result["vllm_startup_s"] > 0
-    assert not [p for p, (_, _, state, cmdline) in _processes().items()
+    assert not [p for p, (_, _, state, cmdline) in processes().items()
                 if SERVER_MODULE in cmdline and str(vllm_venv) in cmdline and state != "Z"]
     with store.reader(db) as con:
         meta = json.loads(con.execute("SELECT meta FROM trajectories WHERE run_id = 'v'").fetchone()[0])
     assert meta["engine"] == "vllm" and meta["served_model"].startswith("bc-it0-")
     assert meta["model_path"] == "smollm2-135m-instruct"
-
-
-@pytest.mark.real_vllm
-def test_eef_vllm_serve_prints_the_url_and_stops_on_ctrl_c(vllm_venv, tmp_path) -> None:
-    eef = shutil.which("eef", path=str(Path(sys.executable).parent)) or "eef"
-    port = free_port()
-    proc = subprocess.Popen(
-        [eef, "vllm", "serve", "--port", str(port), "--lora-rank", "8", "--kv-cache-gib", "1",
-         "--max-model-len", "2048"],
-        env={**os.environ, "EEF_VLLM_VENV": str(vllm_venv)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,  # its own terminal-like group: Ctrl-C goes to the group
-    )
-    try:
-        line = ""
-        deadline = time.monotonic() + 900
-        while "vllm_url=" not in line:
-            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()[-3000:]
-            line = proc.stdout.readline()
-        url = f"http://127.0.0.1:{port}/v1"
-        assert url in line
-        models = httpx.get(f"{url}/models", timeout=10).json()["data"]
-        assert [m["id"] for m in models] == ["smollm2-135m-instruct"]
-        server = next(p for p, (ppid, _, _, cmd) in _processes().items() if ppid == proc.pid and SERVER_MODULE in cmd)
-        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: eef's group (the server has its own)
-        assert proc.wait(timeout=60) == 130
-        assert "interrupted" in proc.stderr.read()
-        _wait_gone(server)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
