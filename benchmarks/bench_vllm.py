@@ -90,7 +90,7 @@ def vllm_mode(db, name, spec, adapter, args, rows, startup) -> None:
     server = VLLMServer(spec, log_path=Path(args.out) / f"vllm-{name.replace(' ', '-')}.log")
     server.start()
     try:
-        startup[name] = server.wait_ready()
+        startup[name] = server.wait_ready(args.start_timeout)
         print(f"{name}: server up in {startup[name]:.1f} s", flush=True)
         with VLLMEngine(server.url, spec.served_name, adapter) as engine:
             if adapter is not None:
@@ -113,6 +113,9 @@ def main() -> None:
     parser.add_argument("--modes", default="hf,vllm lora,vllm merged")
     parser.add_argument("--base", action="store_true", help="also the base model on vLLM without adapter")
     parser.add_argument("--out", default="benchmarks/out/vllm")
+    parser.add_argument("--start-timeout", type=float, default=1800.0,
+                        help="seconds for a server to come up (without LoRA, vLLM compiles the model first)")
+    parser.add_argument("--eager", action="store_true", help="servers without LoRA: --enforce-eager (no compile)")
     args = parser.parse_args()
     if not installed():
         sys.exit("bench_vllm: no .vllm-venv: run `make vllm` first")
@@ -128,6 +131,7 @@ def main() -> None:
     try:
         adapter = make_adapter(base, work, args.rank)
         db = work / "bench.duckdb"
+        eager = ("--enforce-eager",) if args.eager else ()
         common = dict(dtype="bfloat16", cpu_threads=args.threads, max_model_len=8192, kv_cache_gib=2)
         for mode in modes:
             print(f"{mode} ...", flush=True)
@@ -142,10 +146,11 @@ def main() -> None:
             elif mode == "vllm merged":
                 merged = work / "merged"
                 startup["vllm merged (merge + save)"] = merge(base, adapter, merged)
-                spec = ServerSpec.for_machine(merged, lora_rank=None, **common)
+                print(f"merged in {startup['vllm merged (merge + save)']:.1f} s", flush=True)
+                spec = ServerSpec.for_machine(merged, lora_rank=None, extra_args=eager, **common)
                 vllm_mode(db, mode, spec, None, args, rows, startup)
             elif mode == "vllm base":
-                spec = ServerSpec.for_machine(base, lora_rank=None, **common)
+                spec = ServerSpec.for_machine(base, lora_rank=None, extra_args=eager, **common)
                 vllm_mode(db, mode, spec, None, args, rows, startup)
             else:
                 sys.exit(f"bench_vllm: unknown mode {mode!r}")
