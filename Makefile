@@ -30,7 +30,7 @@ test: install
 ifneq ($(EEF_TEST_VLLM),0)
 	rm -f $(VLLM_VENV).status
 	( VLLM_VENV=$(VLLM_VENV) bash scripts/install-vllm.sh > $(VLLM_VENV).log 2>&1; echo $$? > $(VLLM_VENV).status ) &
-	EEF_VLLM_INSTALL_STATUS=$(VLLM_VENV).status EEF_VLLM_VENV=$(abspath $(VLLM_VENV)) $(PY) -m pytest -q
+	EEF_VLLM_INSTALL_STATUS=$(abspath $(VLLM_VENV)).status EEF_VLLM_VENV=$(abspath $(VLLM_VENV)) $(PY) -m pytest -q
 else
 	$(PY) -m pytest -q
 endif
