@@ -369,6 +369,8 @@ def test_a_retrained_adapter_is_never_served_stale(server, hf, model_path, adapt
     """vllm#42125: vLLM keeps the weights it loaded under a name, and its prefix cache, for as long
     as it runs. An adapter retrained in place gets a new content-hashed name, so the same prompt
     under it is the new adapter's reply, prefilled afresh (none of the old adapter's cached KV)."""
+    if server.kind == "stand-in":  # ~90 s of references for a cache the stand-in does not have
+        pytest.skip("vllm#42125 is about vLLM's own adapter and prefix caches: the real server only")
     folder = tmp_path / "eef-it5"
     shutil.copytree(adapters["a"], folder)
     # long enough for whole KV blocks to be cached (vLLM caches full blocks only)
