@@ -164,3 +164,18 @@ def test_synthetic_expert_succeeds_and_fails_with_real_observations(env, cache_d
     assert successes and failures
     assert all(r.reward < 1.0 for r in failures)
     assert any(r.meta["mode"] in FAILURE_MODES and r.n_steps > 1 for r in failures)
+
+
+def test_wrong_turn_in_the_game_walks_out_comes_back_and_fails(env, cache_dir):
+    gold = gold_mod.gold_path(FIND, env=env, cache_dir=cache_dir)
+    spec = sw.find_task(FIND)
+    seed = next(s for s in range(50) if synthetic_plan(
+        gold.actions, task_id=FIND, seed=s, max_steps=spec.max_steps, modes=("wrong_turn",)).mode == "wrong_turn")
+    run = run_expert(env, FIND, "synthetic", seed=seed, gold=gold, max_steps=spec.max_steps,
+                     failure_modes=("wrong_turn",))
+    harm, back = run.meta["harmful_steps"][0], run.meta["recovery_step"]
+    assert run.meta["mode"] == "wrong_turn" and not run.success and run.reward < 1.0
+    assert len(run.actions) == len(gold.actions) + 1  # played on to one action before the plan's end
+    assert not run.meta["invalid_steps"]  # the way out and back are moves the game accepts
+    entered = run.observations[harm - 1]  # the room it had just entered, left at `harm` and re-entered at `back`
+    assert "You move to the" in run.observations[harm] and same_observation(run.observations[back], entered)
