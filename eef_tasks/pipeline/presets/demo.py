@@ -14,7 +14,7 @@ M = 10 puts a checkpoint on every step of these short trajectories.
 SETTINGS = dict(
     iterations=1, n_sims=10,
     task_names=["find-non-living-thing"],
-    train_limit=16, eval_limit=10,
+    train_limit=16, eval_limit=8,
     train=dict(epochs=3, batch_size=8, micro_batch=4, max_length=1024, learning_rate=1e-3, lora_dropout=0.0),
     explore_temperature=0.7, top_p=0.95,
     max_new_tokens=24, max_steps=12, workers=4,
