@@ -1,14 +1,16 @@
-"""the README's main command: EEF vs RFT on ScienceWorld's find-non-living-thing, 1 iteration, under 15 minutes on a 2-core CPU.
+"""the README's main command: EEF vs RFT on ScienceWorld's find-non-living-thing, 1 iteration (meant for 15 minutes on a 2-core CPU; not yet timed on a quiet machine).
 
     eef run --preset demo --db data/demo.duckdb
 
-Chosen by measurement (benchmarks/policy_probe.py, docs/policy-probe.md): a behaviour-cloned
-SmolLM2-135M finishes this family from the checkpoints near the end of an expert trajectory (in
-the right room: look around, focus, move) and rarely from the early ones (the route through the
-house), and the synthetic expert's `wrong_turn` failures (it walks out of the room it has just
-entered, comes back, and gives up one action before the end) leave a checkpoint the policy cannot
-recover from between two it can: a need-recover state, whose example teaches the way back.
-M = 10 puts a checkpoint on every step of these short trajectories.
+Why this family and expert (docs/policy-probe.md): its gold paths are a walk through the house
+followed by three local actions in the box's room (look around, focus, move), so a weak policy
+can finish from the late checkpoints of an expert trajectory and not from the early ones; the
+synthetic expert's `wrong_turn` failures (it walks out of the room it has just entered, comes
+back, and gives up one action before the end) put a checkpoint the policy may not recover from
+between two it can: a need-recover state, whose example teaches the way back. M = 10 puts a
+checkpoint on every step of these short trajectories. Measured so far (docs/policy-probe.md):
+with these training settings the behaviour-cloned policy is under-trained (16 examples, 6
+optimizer steps) and repeats `open door to …`; more optimizer steps are the next thing to try.
 """
 
 SETTINGS = dict(
