@@ -308,6 +308,9 @@ def collect(
     limit: Annotated[int | None, typer.Option("--limit", help="at most this many tasks")] = None,
     workers: Annotated[int, typer.Option("--workers", help="environment worker processes")] = 1,
     seed: Annotated[list[int] | None, typer.Option("--seed", help="expert seeds (repeatable)")] = None,
+    failure_modes: Annotated[str | None, typer.Option(
+        "--failure-modes", help="synthetic: the failure modes to draw from, comma-separated (e.g. "
+                                "wrong_turn,carry_wrong,budget_detour: those after which the expert plays on)")] = None,
     llm_config: Annotated[str | None, typer.Option("--llm-config", help="llm: settings as a JSON object or a JSON file")] = None,
     model: Annotated[str | None, typer.Option("--model", help="llm: model name sent to the endpoint")] = None,
     base_url: Annotated[str | None, typer.Option("--base-url", help="llm: OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1")] = None,
@@ -326,10 +329,12 @@ def collect(
         llm.update({key: value for key, value in given.items() if value is not None})
         llm = _llm_config(llm)
     names = [task for item in tasks or [] for task in item.split(",") if task]
+    modes = _failure_modes(failure_modes)
     with interrupt.doing(f"collect of the {expert} expert on {env}"):
         summary = collect_experts(
             db, env, expert, task_ids=task_id or None, split=split or None, tasks=names or None,
             catalog=catalog, limit=limit, n_workers=workers, seed=seed or [0], llm=llm,
+            failure_modes=modes,
         )
     out.print(
         f"{expert} on {env}: {summary.requested} trajectories requested, {summary.already_stored} "
@@ -343,6 +348,20 @@ def collect(
         err.print(f"[red]failed:[/red] {escape(terminal_text(traj_id))}: {escape(terminal_text(why))}")
     if summary.errors:
         raise typer.Exit(1)
+
+
+def _failure_modes(text: str | None) -> list[str] | None:
+    """--failure-modes as a list, every name checked (a bad one is a one-line error)."""
+    if text is None:
+        return None
+    from eef_tasks.experts.synthetic import FAILURE_MODES
+
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in FAILURE_MODES]
+    if unknown or not modes:
+        raise UserError(f"--failure-modes: unknown mode {', '.join(unknown) or '(none given)'}: "
+                        f"choose from {', '.join(FAILURE_MODES)}")
+    return modes
 
 
 def _llm_config(settings: dict):

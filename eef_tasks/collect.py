@@ -53,7 +53,7 @@ from eef_tasks.experts.llm import (
     LLMExpertError,
     cost_usd,
 )
-from eef_tasks.experts.synthetic import DEFAULT_SUCCESS_RATE
+from eef_tasks.experts.synthetic import DEFAULT_SUCCESS_RATE, FAILURE_MODES
 from eef_tasks.records import TaskRecord, TrajectoryRecord, write_trajectories
 from eef_tasks.store import StoreError, reader, writer
 
@@ -162,6 +162,7 @@ def expert_job(env: Any, payload: dict[str, Any]) -> ExpertRun:
     return run_expert(
         env, payload["task_id"], payload["expert"], seed=payload["seed"], gold=gold,
         max_steps=payload.get("max_steps"), success_rate=payload["success_rate"],
+        failure_modes=tuple(payload["failure_modes"]) if payload.get("failure_modes") else None,
     )
 
 
@@ -228,6 +229,7 @@ def collect_experts(
     cache_dir: str | Path | None = None,
     simplifications: str | None = None,
     success_rate: float = DEFAULT_SUCCESS_RATE,
+    failure_modes: Sequence[str] | None = None,
     retries: int = 2,
     timeout_s: float = 600.0,
     progress: bool = True,
@@ -240,7 +242,9 @@ def collect_experts(
     Tasks: `task_ids`, or the `catalog` ('eto': ETO's split; 'package': the game's own; for WebShop
     'eto' and 'registry' mean WebShop's split) filtered by `split` and `tasks` (task names), first
     `limit`. `seed` may be a list (the synthetic expert
-    gives one trajectory per seed; the gold expert ignores it). Resumable and idempotent: ids
+    gives one trajectory per seed; the gold expert ignores it); `failure_modes` restricts the
+    synthetic expert's failure modes (a different expert under the same trajectory ids: use a fresh
+    store or other seeds). Resumable and idempotent: ids
     already stored are skipped. `pool` reuses running workers (its simplifications must match).
     """
     if expert == LLM_EXPERT:
@@ -260,6 +264,9 @@ def collect_experts(
         raise EnvError(f"offline experts exist for {' and '.join(OFFLINE_TASK_ENVS)}, not {env!r}")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    unknown = sorted(set(failure_modes or ()) - set(FAILURE_MODES))
+    if unknown:
+        raise EnvError(f"unknown synthetic failure modes {', '.join(unknown)}: one of {', '.join(FAILURE_MODES)}")
     if env == "webshop":  # its experts plan from the goal: no gold-path cache, no game settings
         simplifications = None
     else:
@@ -301,6 +308,7 @@ def collect_experts(
                 "task_id": spec.task_id, "expert": expert, "seed": s,
                 "gold": g.to_json() if (g := golds[spec.task_id]) else None,
                 "max_steps": spec.max_steps, "success_rate": success_rate,
+                "failure_modes": list(failure_modes) if failure_modes else None,
             }
             for spec, s in todo
         ]

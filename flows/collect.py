@@ -36,6 +36,7 @@ class CollectParams(BaseModel):
     catalog: Literal["eto", "package"] = "eto"
     limit: int | None = Field(None, ge=1, description="at most this many tasks")
     seeds: list[int] = Field(default_factory=lambda: [0], description="synthetic expert seeds")
+    failure_modes: list[str] = Field(default_factory=list, description="synthetic expert: failure modes to draw from; empty = all")
     workers: int = Field(1, ge=1, le=16)
     llm: LLMExpertConfig | None = Field(
         None, description="expert = llm: endpoint, model, API key source (env var or Prefect Secret), prices")
@@ -57,6 +58,7 @@ def collect_trajectories(params: CollectParams) -> dict:
         task_ids=params.task_ids or None, split=None if params.task_ids else params.split,
         tasks=params.tasks or None, catalog=params.catalog, limit=params.limit,
         n_workers=params.workers, seed=params.seeds, progress=False, llm=params.llm,
+        failure_modes=params.failure_modes or None,
     )
     return {
         "requested": summary.requested, "already_stored": summary.already_stored,

@@ -91,7 +91,10 @@ class ExperimentParams(BaseModel):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="runs are <name>-eef and <name>-rft")
     expert: Literal["synthetic", "gold", "none"] = Field(
         "synthetic", description="collect this expert's trajectories on the training tasks first (none: use the store's)")
-    expert_seeds: list[int] = Field(default_factory=lambda: [0, 1], description="synthetic expert: one trajectory per seed")
+    expert_seeds: list[int] | None = Field(
+        None, description="synthetic expert: one trajectory per seed (None: the preset's, else [0, 1])")
+    failure_modes: list[str] | None = Field(
+        None, description="synthetic expert: failure modes to draw from (None: the preset's, else all)")
     rft_samples: int = Field(1, ge=1, le=16, description="k of the RFT baseline (RFT×k)")
     extra_runs: list[Literal["sft-all", "nat", "eef-binary"]] = Field(
         default_factory=list, description="more runs beside EEF and RFT, on the same tasks, as <name>-<extra>: the "
@@ -298,13 +301,16 @@ def experiment_flow(params: ExperimentParams = ExperimentParams()) -> dict:
     asked for, compare them."""
     eef_config = pipeline.preset_config(params.preset, f"{params.name}-eef", "eef", **params.overrides)
     if params.expert != "none":
+        recipe = presets.expert_of(params.preset)
         # offline experts play the task env's own backend (a run on agentgym:sciworld learns from
         # expert data collected in eef's ScienceWorld: the same task ids)
         collect_flow(CollectParams(
             db=params.db, env=registry.backend(eef_config.task_env).name, expert=params.expert, split=["train"],
             tasks=eef_config.task_names,
             task_ids=eef_config.train_tasks, limit=eef_config.train_limit,
-            seeds=params.expert_seeds if params.expert == "synthetic" else [0], workers=min(eef_config.workers, 4),
+            seeds=(params.expert_seeds or recipe["seeds"]) if params.expert == "synthetic" else [0],
+            failure_modes=(params.failure_modes or recipe["failure_modes"]) if params.expert == "synthetic" else [],
+            workers=min(eef_config.workers, 4),
         ))
     eef = pipeline.register_run(params.db, eef_config)
     rft_config = pipeline.preset_config(

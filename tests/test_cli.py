@@ -198,3 +198,11 @@ def test_collect_then_see_failures_with_sql(tmp_path):
     assert rows == [{"expert": "synthetic", "n": 4, "ok": True}]
     tasks = sql_json(db, "SELECT DISTINCT env, split FROM tasks")
     assert tasks == [{"env": "scienceworld", "split": "dev"}]
+
+
+def test_collect_refuses_unknown_failure_modes(tmp_path):
+    proc = eef("collect", "--db", tmp_path / "x.duckdb", "--expert", "synthetic", "--failure-modes",
+               "wrong_turn,oops", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "--failure-modes: unknown mode oops" in proc.stderr and "wrong_turn" in proc.stderr
+    assert not (tmp_path / "x.duckdb").exists()  # refused before anything is written

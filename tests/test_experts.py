@@ -10,7 +10,7 @@ from eef_tasks.envs import scienceworld as sw
 from eef_tasks.envs.base import same_observation
 from eef_tasks.experts import gold as gold_mod
 from eef_tasks.experts import plan_actions, run_expert, task_record, to_record, traj_id_for
-from eef_tasks.experts.synthetic import FAILURE_MODES, synthetic_plan, wrong_version
+from eef_tasks.experts.synthetic import FAILURE_MODES, NON_TERMINAL_MODES, synthetic_plan, wrong_version
 
 FIND = "scienceworld/find-living-thing/0"
 PLANT = "scienceworld/find-plant/3"
@@ -60,6 +60,33 @@ def test_synthetic_plans_are_seeded_and_keep_gold_prefixes():
             assert p.actions != GOLD
         if p.mode == "wander":
             assert len(p.actions) == 15
+
+
+def test_non_terminal_failures_play_on_after_the_harm():
+    plans = [synthetic_plan(GOLD, task_id=FIND, seed=s, max_steps=15, modes=NON_TERMINAL_MODES)
+             for s in range(80)]
+    failed = [p for p in plans if not p.intends_success]
+    assert {p.mode for p in failed} == set(NON_TERMINAL_MODES)
+    for p in failed:
+        harm = p.meta["harmful_steps"]
+        assert harm and harm[0] == p.deviate_at and p.actions[:harm[0]] == GOLD[:harm[0]]
+        assert not any(a.startswith("focus on") and a not in GOLD for a in p.actions)  # nothing ends it early
+        after = p.actions[harm[-1] + 1:]
+        if p.mode == "wrong_turn":  # out of the room it just entered, straight back, then the plan but its last action
+            k = harm[0] - 1
+            assert p.actions[k].startswith("go to ") and p.actions[k + 2] == p.actions[k]
+            assert p.meta["recovery_step"] == k + 2 and after == [GOLD[k]] + GOLD[k + 1:-1]
+        elif p.mode == "carry_wrong":  # the wrong thing picked up, then the rest of the plan as planned
+            assert p.actions[harm[0]] == f"pick up {p.meta['carried']}" != GOLD[harm[0]]
+            assert p.meta["carried"] != "butterfly" and not p.meta["carried"].startswith("door")
+            assert after == GOLD[harm[0] + 1:]
+        else:  # budget_detour: looking around until the plan no longer fits into 15 steps
+            assert len(p.actions) == 15 and all(p.actions[k].startswith(("look ", "inventory")) for k in harm)
+            assert after == GOLD[harm[0]:harm[0] + len(after)] and len(after) < len(GOLD) - harm[0]
+    assert synthetic_plan(GOLD, task_id=FIND, seed=3, max_steps=15, modes=("wrong_turn",)).mode in (
+        "wrong_turn", "follow", "follow_with_detours")
+    with pytest.raises(ValueError, match="unknown synthetic failure modes"):
+        synthetic_plan(GOLD, task_id=FIND, seed=0, modes=("oops",))
 
 
 def test_wrong_actions_are_plausible():
@@ -137,3 +164,18 @@ def test_synthetic_expert_succeeds_and_fails_with_real_observations(env, cache_d
     assert successes and failures
     assert all(r.reward < 1.0 for r in failures)
     assert any(r.meta["mode"] in FAILURE_MODES and r.n_steps > 1 for r in failures)
+
+
+def test_wrong_turn_in_the_game_walks_out_comes_back_and_fails(env, cache_dir):
+    gold = gold_mod.gold_path(FIND, env=env, cache_dir=cache_dir)
+    spec = sw.find_task(FIND)
+    seed = next(s for s in range(50) if synthetic_plan(
+        gold.actions, task_id=FIND, seed=s, max_steps=spec.max_steps, modes=("wrong_turn",)).mode == "wrong_turn")
+    run = run_expert(env, FIND, "synthetic", seed=seed, gold=gold, max_steps=spec.max_steps,
+                     failure_modes=("wrong_turn",))
+    harm, back = run.meta["harmful_steps"][0], run.meta["recovery_step"]
+    assert run.meta["mode"] == "wrong_turn" and not run.success and run.reward < 1.0
+    assert len(run.actions) == len(gold.actions) + 1  # played on to one action before the plan's end
+    assert not run.meta["invalid_steps"]  # the way out and back are moves the game accepts
+    entered = run.observations[harm - 1]  # the room it had just entered, left at `harm` and re-entered at `back`
+    assert "You move to the" in run.observations[harm] and same_observation(run.observations[back], entered)

@@ -99,6 +99,18 @@ def test_binary_search_is_an_eef_option_without_m(db) -> None:
         pipeline.register_run(db, config())
 
 
+def test_presets_name_valid_expert_recipes() -> None:
+    from eef_tasks.experts.synthetic import FAILURE_MODES
+    from eef_tasks.pipeline import presets
+
+    assert presets.expert_of("tiny") == presets.DEFAULT_EXPERT  # no EXPERT: seeds 0 and 1, every mode
+    for name in presets.names():
+        recipe = presets.expert_of(name)
+        assert recipe["seeds"] and set(recipe["failure_modes"]) <= set(FAILURE_MODES)
+    with pytest.raises(PipelineError, match="unknown preset"):
+        presets.expert_of("huge")
+
+
 def test_register_resolves_task_sets_once_and_fixes_settings(db) -> None:
     registered = pipeline.register_run(db, config(task_names=["lifespan-shortest-lived"]))
     assert registered.train_tasks == TASKS[:2]  # expert data on train tasks of that name only

@@ -59,14 +59,16 @@ def plan_actions(
     seed: int = 0,
     max_steps: int | None = None,
     success_rate: float = DEFAULT_SUCCESS_RATE,
+    failure_modes: tuple[str, ...] | None = None,
 ) -> tuple[list[str], dict[str, Any]]:
-    """The actions an expert takes on a task, and metadata describing them."""
+    """The actions an expert takes on a task, and metadata describing them (`failure_modes`:
+    the synthetic expert's modes to draw from; None = all)."""
     if expert == GOLD_EXPERT:
         return gold_plan(gold)
     if expert == SYNTHETIC_EXPERT:
         plan = synthetic_plan(
             gold.actions, task_id=gold.task_id, seed=seed, success_rate=success_rate,
-            max_steps=max_steps,
+            max_steps=max_steps, modes=failure_modes,
         )
         return plan.actions, {
             "synthetic": True, "mode": plan.mode, "intends_success": plan.intends_success,
@@ -84,6 +86,7 @@ def run_expert(
     gold: GoldPath | None = None,
     max_steps: int | None = None,
     success_rate: float = DEFAULT_SUCCESS_RATE,
+    failure_modes: tuple[str, ...] | None = None,
 ) -> ExpertRun:
     """Run an offline expert on one task in `env` (a ScienceWorld or a WebShop); for ScienceWorld
     generates the gold path when none is given (returned as `new_gold` so that the caller can cache
@@ -101,7 +104,8 @@ def run_expert(
         if gold is None:
             gold = new_gold = generate_gold(env, task_id)
         actions, meta = plan_actions(
-            expert, gold, seed=seed, max_steps=max_steps, success_rate=success_rate
+            expert, gold, seed=seed, max_steps=max_steps, success_rate=success_rate,
+            failure_modes=failure_modes,
         )
     replay = env.replay(actions, task_id=task_id)
     meta = {

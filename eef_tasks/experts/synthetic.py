@@ -6,7 +6,21 @@ paying for GPT-4 trajectories, and it fails the way real experts do: it follows 
 path) and then, at some step, goes wrong — it gives up early, takes a plausible wrong action,
 skips steps of the plan, focuses on the wrong object (which ends a ScienceWorld episode), or
 wanders until it runs out of steps. Its failed trajectories therefore keep useful prefixes, which
-is what EEF's simulations from intermediate expert states rely on. With probability
+is what EEF's simulations from intermediate expert states rely on.
+
+Three of its modes are **harmful but non-terminal** — the expert plays on after the harmful step,
+which is what gives EEF need-recover states (a checkpoint after the harm from which the policy
+fails, after one before it from which the policy succeeds):
+
+- `wrong_turn`: right after entering a room of the plan it walks back out (the harmful step) and
+  returns at once (the recovery), plays the plan on, and gives up one action before the end;
+- `carry_wrong`: picks up another object of the plan instead of the one the plan picks up
+  (never corrected) and plays the plan on with the wrong object in hand;
+- `budget_detour`: stops to look at things (which changes nothing but the clock), then plays
+  the plan on and runs out of steps (the detour burnt the step budget).
+
+Their `meta` names the harmful steps (`harmful_steps`, action indices) and, for `wrong_turn`, the
+recovery (`recovery_step`). With probability
 `success_rate` it follows the plan to the end, sometimes with harmless detours (`look around`,
 `inventory`: free actions that change nothing). Some of its mistakes turn out harmless (a skipped
 step that was not needed), so more trajectories succeed than `success_rate`: about 46 % with the
@@ -25,7 +39,10 @@ from typing import Any
 
 SYNTHETIC_EXPERT = "synthetic"
 DEFAULT_SUCCESS_RATE = 0.35
-FAILURE_MODES = ("stop_early", "wrong_action", "skip_steps", "wrong_focus", "wander")
+FAILURE_MODES = ("stop_early", "wrong_action", "skip_steps", "wrong_focus", "wander",
+                 "wrong_turn", "carry_wrong", "budget_detour")
+# failure modes after which the expert plays on (EEF's need-recover states come from these)
+NON_TERMINAL_MODES = ("wrong_turn", "carry_wrong", "budget_detour")
 
 _SLOTTED = [  # action templates with object slots, most specific first
     re.compile(r"^(?P<verb>move) (?P<a>.+?) to (?P<b>.+)$"),
@@ -122,8 +139,10 @@ def synthetic_plan(
     seed: int,
     success_rate: float = DEFAULT_SUCCESS_RATE,
     max_steps: int | None = None,
+    modes: tuple[str, ...] | None = None,
 ) -> SyntheticPlan:
-    """The synthetic expert's plan for one task and seed (deterministic)."""
+    """The synthetic expert's plan for one task and seed (deterministic). `modes` restricts the
+    failure modes drawn from (default: every mode the gold path allows)."""
     rng = random.Random(f"{SYNTHETIC_EXPERT}/{task_id}/{seed}")
     gold = list(gold)
     n = len(gold)
@@ -132,12 +151,23 @@ def synthetic_plan(
     if n < 2 or not essential or rng.random() < success_rate:
         return _follow(gold, rng, base)
 
-    modes = ["stop_early", "wrong_action", "skip_steps", "wander"]
+    allowed = ["stop_early", "wrong_action", "skip_steps", "wander"]
     focus = [k for k in range(1, n) if gold[k].startswith("focus on")]
     if focus and _objects(gold)[0]:
-        modes.append("wrong_focus")
-    mode = rng.choice(modes)
+        allowed.append("wrong_focus")
     limit = max_steps or n + 10  # the wanderer runs out of steps
+    allowed += [m for m, ok in (("wrong_turn", _room_entries(gold)), ("carry_wrong", _pickups(gold)),
+                                ("budget_detour", True)) if ok]
+    if modes is not None:
+        unknown = set(modes) - set(FAILURE_MODES)
+        if unknown:
+            raise ValueError(f"unknown synthetic failure modes {sorted(unknown)}: one of {', '.join(FAILURE_MODES)}")
+        allowed = [m for m in allowed if m in modes]
+        if not allowed:  # none of them fits this gold path: the expert follows the plan
+            return _follow(gold, rng, base)
+    mode = rng.choice(allowed)
+    if mode in NON_TERMINAL_MODES:
+        return _non_terminal(mode, gold, rng, base, limit)
 
     if mode == "stop_early":
         k = rng.randrange(1, n)
@@ -171,6 +201,63 @@ def synthetic_plan(
             actions.append(loop[(len(actions) - k) % len(loop)])
         deviate_at = k
     return SyntheticPlan(actions, mode, deviate_at, False, {**base, "deviate_at": deviate_at})
+
+
+def _room_entries(gold: list[str]) -> list[tuple[int, str, str]]:
+    """(k, room entered by action k, room it came from) for each room move of the gold path that
+    is not its last action and whose previous room is known (an earlier room move, or the room the
+    move's door leads from: 'open door to X' is done in the room one came from)."""
+    entries, here = [], None
+    for k, action in enumerate(gold):
+        parsed = _parse(action)
+        if parsed is None or parsed[0] not in _ROOM_VERBS:
+            continue
+        room = parsed[1][0]
+        if here is not None and here != room and k < len(gold) - 1:
+            entries.append((k, room, here))
+        here = room
+    return entries
+
+
+def _portable(gold: list[str]) -> list[str]:
+    """Objects of the plan one could pick up instead: not doors, not things already carried."""
+    return [o for o in _objects(gold)[0] if not o.startswith("door to") and "inventory" not in o]
+
+
+def _pickups(gold: list[str]) -> list[int]:
+    """Positions of 'pick up X' for which the plan names another portable object."""
+    return [k for k in range(1, len(gold))
+            if (p := _parse(gold[k])) and p[0] == "pick up" and set(_portable(gold)) - {p[1][0]}]
+
+
+def _non_terminal(mode: str, gold: list[str], rng: random.Random, base: dict[str, Any],
+                  limit: int) -> SyntheticPlan:
+    """A plan of one of NON_TERMINAL_MODES: the harm, then the rest of the plan (module doc)."""
+    n = len(gold)
+    if mode == "wrong_turn":
+        k, room, came_from = rng.choice(_room_entries(gold))
+        # in `room` (action k), it walks back out to where it came from, returns, and plays on,
+        # giving up one action before the end
+        verb = _parse(gold[k])[0]
+        actions = gold[:k + 1] + [f"{verb} {came_from}", f"{verb} {room}"] + gold[k + 1:n - 1]
+        meta = {"harmful_steps": [k + 1], "recovery_step": k + 2, "then": "stop_early"}
+        deviate_at = k + 1
+    elif mode == "carry_wrong":
+        k = rng.choice(_pickups(gold))
+        _, slots = _parse(gold[k])
+        wrong = rng.choice([o for o in _portable(gold) if o != slots[0]])
+        actions = gold[:k] + [f"pick up {wrong}"] + gold[k + 1:]
+        meta = {"harmful_steps": [k], "carried": wrong, "instead_of": slots[0]}
+        deviate_at = k
+    else:  # budget_detour: looks at things (nothing changes) until the plan no longer fits the budget
+        k = rng.randrange(1, n)
+        looks = [f"look at {o}" for o in _objects(gold)[0][:6]] + ["look around", "inventory"]
+        detour_len = max(2, limit - n + 1 + rng.randrange(2))
+        detour = [looks[rng.randrange(len(looks))] for _ in range(detour_len)]
+        actions = (gold[:k] + detour + gold[k:])[:limit]
+        meta = {"harmful_steps": list(range(k, min(k + detour_len, limit))), "detour_len": detour_len}
+        deviate_at = k
+    return SyntheticPlan(actions, mode, deviate_at, False, {**base, "deviate_at": deviate_at, **meta})
 
 
 def _follow(gold: list[str], rng: random.Random, base: dict[str, Any]) -> SyntheticPlan:

@@ -1,7 +1,9 @@
 """Presets: named recipes for a run's settings, one small module each (`tiny.py`, `demo.py`,
 `paper.py`). A recipe's docstring is its one-line description (shown by `eef run --help`) and its
 `SETTINGS` are RunConfig fields, plain data (`settings.preset_config` validates them and adds a run
-id and method). Adding a preset is adding a file here."""
+id and method); an optional `EXPERT` says how `eef run` collects the synthetic expert's data
+(`seeds`, `failure_modes`; default seeds 0 and 1, every failure mode). Adding a preset is adding a
+file here."""
 
 from __future__ import annotations
 
@@ -34,3 +36,13 @@ def settings_of(preset: str) -> dict[str, Any]:
     if preset not in presets():
         raise PipelineError(f"unknown preset {preset!r}: one of {', '.join(presets())}")
     return dict(presets()[preset].SETTINGS)
+
+
+DEFAULT_EXPERT = {"seeds": [0, 1], "failure_modes": []}
+
+
+def expert_of(preset: str) -> dict[str, Any]:
+    """The synthetic-expert recipe of a preset: seeds and failure modes (empty: all)."""
+    if preset not in presets():
+        raise PipelineError(f"unknown preset {preset!r}: one of {', '.join(presets())}")
+    return {**DEFAULT_EXPERT, **getattr(presets()[preset], "EXPERT", {})}
