@@ -5,7 +5,7 @@
       eef run --preset cpu --db data/cpu.duckdb --name cpu-k-s$seed --set seed=$seed --rft-samples 4 --expert none
     done
 
-The demo's family, settings and expert (presets/demo.py), at a size that can say something: 40
+find-non-living-thing with the synthetic expert's wrong_turn failures (docs/policy-probe.md), at a size that can say something: 40
 training variations, the whole dev split of the family (10 tasks) for choosing the iteration.
 RFT×k's k = 4 gives it about the rollouts EEF spends per iteration (one per training task plus the
 simulations from every checkpoint of the failed expert trajectories: see the `budget` view).
