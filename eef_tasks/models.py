@@ -20,6 +20,7 @@ set) or the model is already in the local Hugging Face cache.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -27,6 +28,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -225,3 +227,13 @@ __all__ = [
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+@contextlib.contextmanager
+def quiet_peft():
+    """Wrapping a model in peft reads transformers' deprecated `is_gradient_checkpointing`: a
+    FutureWarning on every adapter load that a user cannot act on (two log lines of every model
+    phase in the Prefect UI). Filtered here, where it is emitted, and nowhere else."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield

@@ -126,9 +126,16 @@ def _md_cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
+# the markdown table (Prefect artifacts) leads with the results: a browser cuts a wide table at its right
+MARKDOWN_FIRST = ("run", "iteration", "win rate %", "mean reward")
+
+
 def comparison_markdown(df: pl.DataFrame) -> str:
-    """A markdown table of the comparison (for Prefect artifacts), with the best dev iterations."""
+    """A markdown table of the comparison (for Prefect artifacts), with the best dev iterations:
+    DISPLAY's columns, MARKDOWN_FIRST's first."""
     headers, rows = display_rows(df)
+    order = [headers.index(h) for h in MARKDOWN_FIRST] + [i for i, h in enumerate(headers) if h not in MARKDOWN_FIRST]
+    headers, rows = [headers[i] for i in order], [[row[i] for i in order] for row in rows]
     text_columns = {"run", "method", "eval split"}
     lines = [
         "| " + " | ".join(_md_cell(h) for h in headers) + " |",

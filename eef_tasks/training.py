@@ -34,7 +34,6 @@ import random
 import shutil
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -329,7 +328,7 @@ def train_adapter(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer
 
-    from eef_tasks.models import resolve_model
+    from eef_tasks.models import quiet_peft, resolve_model
 
     config = config or TrainConfig()
     out_dir = Path(out_dir)
@@ -370,8 +369,7 @@ def train_adapter(
         target_modules=config.target_modules, task_type="CAUSAL_LM", bias="none",
     )
     _seed_everything(config.seed)  # the LoRA initialisation depends only on the seed
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with quiet_peft():
         # autocast_adapter_dtype (peft's default, made explicit): LoRA weights in float32 on a bf16 base
         model = get_peft_model(model, lora, autocast_adapter_dtype=True)
     model.train()
@@ -492,7 +490,7 @@ def load_policy(base_model: str | Path | None, adapter_dir: str | Path, *, devic
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from eef_tasks.models import resolve_model
+    from eef_tasks.models import quiet_peft, resolve_model
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
@@ -505,8 +503,7 @@ def load_policy(base_model: str | Path | None, adapter_dir: str | Path, *, devic
     tok_source = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base
     tokenizer = AutoTokenizer.from_pretrained(tok_source)
     model = load_causal_lm(base, precision)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with quiet_peft():
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     if merge:
         model = model.merge_and_unload()

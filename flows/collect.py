@@ -18,6 +18,7 @@ from eef_tasks.collect import collect_experts
 from eef_tasks.credentials import LLM_KEY_HINT, refuse_url_credentials
 from eef_tasks.envs import registry
 from eef_tasks.experts.llm import LLMExpertConfig
+from flows import artifacts
 from flows import local_server  # the __main__ entry point: Ctrl-C / SIGTERM give one line, 130 / 143
 
 
@@ -69,7 +70,12 @@ def collect_trajectories(params: CollectParams) -> dict:
     }
 
 
-@flow(name="collect", log_prints=True)
+def _run_name() -> str:
+    params = artifacts.current_params(CollectParams)
+    return artifacts.collect_run_name(params.expert, params.db)
+
+
+@flow(name="collect", flow_run_name=_run_name, log_prints=True)
 def collect_flow(params: CollectParams = CollectParams()) -> dict:
     counts = collect_trajectories(params)
     rows = "\n".join(f"| {key} | {value if key != 'errors' else len(value)} |" for key, value in counts.items())

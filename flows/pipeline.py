@@ -23,9 +23,6 @@ where it stopped, with no duplicated or missing rows.
 
 from __future__ import annotations
 
-import base64
-import re
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +38,8 @@ from eef_tasks.credentials import VLLM_KEY_HINT, refuse_url_credentials
 from eef_tasks.envs import registry
 from eef_tasks.pipeline import RunConfig, presets
 from flows import local_server  # the __main__ entry point: Ctrl-C / SIGTERM give one line, 130 / 143
+from flows import artifacts
+from flows.artifacts import artifact_key
 from flows.collect import CollectParams, collect_flow
 
 CACHE = INPUTS + TASK_SOURCE
@@ -88,7 +87,7 @@ class ExperimentParams(BaseModel):
     model_config = ConfigDict(hide_input_in_errors=True)
     db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store")
     preset: str = Field("demo", description="run settings to start from: " + presets.describe())
-    name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="runs are <name>-eef and <name>-rft")
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the runs are called NAME-eef and NAME-rft, e.g. demo-eef and demo-rft")
     expert: Literal["synthetic", "gold", "none"] = Field(
         "synthetic", description="collect this expert's trajectories on the training tasks first (none: use the store's)")
     expert_seeds: list[int] | None = Field(
@@ -119,11 +118,6 @@ class ExperimentParams(BaseModel):
 
 
 # --- tasks ------------------------------------------------------------------------------------------
-
-
-def _key(text: str) -> str:
-    """A Prefect artifact key: lowercase letters, digits and dashes."""
-    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
 
 
 def _run_phase(db: str, run_id: str, iteration: int, phase: str) -> dict:
@@ -185,31 +179,19 @@ def evaluate(db: str, store_id: str, run_id: str, settings: str, iteration: int)
 PHASE_TASKS = {"explore": explore, "simulate": simulate, "select": select, "train": train, "evaluate": evaluate}
 
 
-def publish_iteration(db: str, run_id: str, iteration: int, summaries: dict[str, dict]) -> None:
-    """A table artifact per iteration and the run's markdown summary (stable keys)."""
-    rows = [{"phase": phase, **{k: v for k, v in s.items() if not isinstance(v, (list, dict))}}
-            for phase, s in summaries.items()]
-    create_table_artifact(rows, key=_key(f"{run_id}-it{iteration}"),
-                          description=f"run {run_id}, iteration {iteration}: what each phase did")
-    df = report.comparison(db, [run_id])
-    markdown = report.comparison_markdown(df)
-    try:  # the win-rate plot so far (none yet when the run's only iteration reused another's BC)
-        with tempfile.TemporaryDirectory() as tmp:
-            png = report.win_rate_plot(df, Path(tmp) / "win-rate.png")
-            markdown = (f"![win rate per iteration](data:image/png;base64,"
-                        f"{base64.b64encode(png.read_bytes()).decode()})\n\n{markdown}")
-    except store.StoreError:
-        pass
-    create_markdown_artifact(
-        markdown, key=_key(f"{run_id}-summary"),
-        description=f"run {run_id}: win rate, examples and simulations per iteration",
-    )
-
-
 # --- flows ------------------------------------------------------------------------------------------
 
 
-@flow(name="iteration", flow_run_name="{params.run_id}", log_prints=True)
+def _iteration_run_name() -> str:
+    params = artifacts.current_params(IterationParams)
+    return artifacts.iteration_run_name(params.db, params.run_id)
+
+
+def _compare_run_name() -> str:
+    return artifacts.compare_run_name(artifacts.current_params(CompareParams).run_ids)
+
+
+@flow(name="iteration", flow_run_name=_iteration_run_name, log_prints=True)
 def iteration_flow(params: IterationParams = IterationParams()) -> dict | None:
     """Advance run `run_id` by one iteration (the next unfinished one)."""
     db, run_id = params.db, params.run_id
@@ -220,7 +202,7 @@ def iteration_flow(params: IterationParams = IterationParams()) -> dict | None:
         return None
     ids = (db, pipeline.store_id(db), run_id, pipeline.config_hash(config), iteration)
     summaries = {phase: PHASE_TASKS[phase](*ids) for phase in pipeline.phases_of(iteration, config)}
-    publish_iteration(db, run_id, iteration, summaries)
+    artifacts.publish_iteration(db, run_id, iteration, summaries, config.method)
     ev = summaries["evaluate"]
     if ev.get("reused"):
         print(f"{run_id} iteration {iteration}: reuses the behaviour-cloning adapter {ev['adapter']} "
@@ -264,7 +246,7 @@ def baseline_flow(params: BaselineParams = BaselineParams()) -> list[dict]:
     return _run_all(params.db, params.run)
 
 
-@flow(name="evaluate", flow_run_name="{params.run_id}-it{params.iteration}", log_prints=True)
+@flow(name="evaluate", flow_run_name="{params.run_id} it{params.iteration}", log_prints=True)
 def evaluate_flow(params: EvaluateParams = EvaluateParams()) -> dict:
     """Evaluate one iteration's adapter (resumes a partial evaluation; a finished one is reported)."""
     config = pipeline.load_run(params.db, params.run_id)
@@ -272,24 +254,22 @@ def evaluate_flow(params: EvaluateParams = EvaluateParams()) -> dict:
                     params.iteration)
 
 
-@flow(name="compare", log_prints=True)
+@flow(name="compare", flow_run_name=_compare_run_name, log_prints=True)
 def compare_flow(params: CompareParams = CompareParams()) -> dict:
     """Methods × iterations: win rate, mean reward, examples by kind, need-recover states, simulations."""
     df = report.comparison(params.db, params.run_ids or None)
     out = Path(params.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    name = _key("-".join(params.run_ids)) or "all-runs"
+    name = artifact_key("-".join(params.run_ids)) or "all-runs"
     table_md = report.comparison_markdown(df)
     (out / f"compare-{name}.md").write_text(table_md + "\n")
     df.write_csv(out / f"compare-{name}.csv")
     plot = report.win_rate_plot(df, out / f"win-rate-{name}.png")
     report.win_rate_plot(df, out / f"win-rate-{name}.svg")
-    create_table_artifact(df.to_dicts(), key=_key(f"compare-{name}"), description="methods × iterations")
-    image = base64.b64encode(Path(plot).read_bytes()).decode()
+    create_table_artifact(df.to_dicts(), key=artifact_key(f"compare-{name}"), description="methods × iterations")
     create_markdown_artifact(
-        f"## Win rate per iteration\n\n![win rate per iteration](data:image/png;base64,{image})\n\n"
-        f"{table_md}\n\nFiles: `{out / f'compare-{name}.csv'}`, `{plot}`\n",
-        key=_key(f"compare-{name}-plot"), description="win rate per iteration per method",
+        artifacts.comparison_page(df, plot, [str(out / f"compare-{name}.csv"), str(plot)]),
+        key=artifact_key(f"compare-{name}-plot"), description="win rate per iteration per method",
     )
     print(table_md)
     return {"rows": df.height, "plot": str(plot), "table": str(out / f"compare-{name}.csv")}
@@ -333,7 +313,16 @@ def experiment_flow(params: ExperimentParams = ExperimentParams()) -> dict:
                                             **{**params.overrides, **same_tasks})
             baseline_flow(BaselineParams(db=params.db, run=config))
         run_ids.append(config.run_id)
-    return compare_flow(CompareParams(db=params.db, run_ids=run_ids, out_dir=params.out_dir))
+    compared = compare_flow(CompareParams(db=params.db, run_ids=run_ids, out_dir=params.out_dir))
+    # the page of the run a user triggers shows the outcome, not only its subflows' pages
+    df = report.comparison(params.db, run_ids)
+    line = artifacts.headline(df, params.name)
+    create_markdown_artifact(
+        artifacts.comparison_page(df, Path(compared["plot"]), [compared["table"], compared["plot"]], heading=line),
+        key=artifact_key(f"experiment-{params.name}"),
+        description=f"Experiment {params.name}: EEF vs RFT, win rate per iteration (the compare flow's table).")
+    get_run_logger().info(line)
+    return compared
 
 
 if __name__ == "__main__":

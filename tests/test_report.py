@@ -254,13 +254,14 @@ def test_markdown_table(two_runs):
     text = report.comparison_markdown(df)
     lines = text.splitlines()
     headers = [header for _, header, _ in report.DISPLAY]
-    assert lines[0] == "| " + " | ".join(headers) + " |"
+    first = ["run", "iteration", "win rate %", "mean reward"]  # the results before the details
+    assert lines[0] == "| " + " | ".join(first + [h for h in headers if h not in first]) + " |"
     assert set(lines[1]) <= set("|:-")
     table_rows = [line for line in lines[2:] if line.startswith("| ")]
     assert len(table_rows) == df.height
-    assert "| eef-run | eef | 2 | 0 (BC) |" in table_rows[0]
-    assert "| eef-run | eef | 2 | 1 | 2 | 2 | 0 | 0 | 1 | 2 | 2 | 50.0 | dev | 2 | 75.0 | 0.812 |" in text
-    assert "| rft-run | rft | 0 | 0 (BC) | 1 | 0 | 0 | 1 | 0 | 0 | 0 | - | - | - | - | - |" in text
+    assert "| eef-run | 0 (BC) |" in table_rows[0]
+    assert "| eef-run | 1 | 75.0 | 0.812 | eef | 2 | 2 | 2 | 0 | 0 | 1 | 2 | 2 | 50.0 | dev | 2 |" in text
+    assert "| rft-run | 0 (BC) | - | - | rft | 0 | 1 | 0 | 0 | 1 | 0 | 0 | 0 | - | - | - |" in text
     assert "eef-run (eef): best iteration on dev 1" in text
     assert "quiet-run (rft): no dev evaluation" in text
     piped = df.with_columns(run_id=pl.lit("a|b"))

@@ -29,7 +29,7 @@ from typing import Any
 
 from eef_tasks.engines import Generation, SamplingConfig, Session
 from eef_tasks.envs.base import EnvError
-from eef_tasks.models import resolve_model
+from eef_tasks.models import quiet_peft, resolve_model
 from eef_tasks.precision import choose_precision, load_causal_lm
 
 ENGINE_NAME = "hf"
@@ -74,7 +74,8 @@ class HFEngine:
                 from peft import PeftModel
             except ImportError as exc:  # pragma: no cover - depends on the environment
                 raise EnvError("a LoRA adapter needs the `peft` package: pip install 'peft==0.21.*'") from exc
-            model = PeftModel.from_pretrained(model, self.adapter_dir)
+            with quiet_peft():
+                model = PeftModel.from_pretrained(model, self.adapter_dir)
             if merge_adapter:
                 model = model.merge_and_unload()
         self.model = model.to(self.device).eval()

@@ -25,8 +25,11 @@ OFFLINE_METHODS = frozenset({"sft-all", "nat"})
 
 
 class RunConfig(BaseModel):
-    """Everything that defines a run. Defaults are METHOD.md's (I = 4, M = 5, 6 epochs, lr 5e-5,
-    batch 64); presets (`eef_tasks.pipeline.presets`) make small runs. Shown as a form in the Prefect UI."""
+    """Everything that defines a run. The defaults are the paper's (I = 4 iterations, M = 5, 6 epochs,
+    lr 5e-5, batch 64): a GPU job; the experiment flow's presets (tiny, demo) make runs for a CPU."""
+
+    # The docstring and the descriptions are what the Prefect UI's form shows: plain words, no angle
+    # brackets (the form renders them as HTML and drops them), nothing only the code shows.
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # no refused URL in logs
 
@@ -39,9 +42,9 @@ class RunConfig(BaseModel):
                                "expert trajectory's steps (binary; n_sims = 0: M does not apply)")
     samples: int = Field(1, ge=1, le=16, description="k: rollouts per training task and iteration (RFT×k)")
     iterations: int = Field(4, ge=0, le=50, description="I: iterations after behaviour cloning")
-    env: registry.EnvName = Field("scienceworld", description="a registered environment: scienceworld, agentgym:<env>, …")
+    env: registry.EnvName = Field("scienceworld", description="a registered environment: scienceworld, webshop, agentgym:webshop, …")
     env_url: str | None = Field(None, description="server of an environment that has one (agentgym:*; "
-                                                  "default $EEF_AGENTGYM_<ENV>_URL, then $EEF_AGENTGYM_URL)")
+                                                  "default $EEF_AGENTGYM_WEBSHOP_URL for agentgym:webshop, …, then $EEF_AGENTGYM_URL)")
     task_names: list[str] = Field(default_factory=list, description="restrict to these task names, e.g. find-plant; empty = all")
     train_tasks: list[str] = Field(default_factory=list, description="training task ids; empty = train tasks in the store with expert data")
     train_limit: int | None = Field(None, ge=1, description="at most this many training tasks")
@@ -61,7 +64,7 @@ class RunConfig(BaseModel):
     engine: Literal["hf", "vllm"] = Field("hf", description="hf: local transformers; vllm: a vLLM server")
     vllm_url: str | None = Field(None, description="vLLM server, e.g. http://vllm:8000/v1 (default $EEF_VLLM_URL)")
     served_model: str | None = Field(None, description="the base model's name on the vLLM server")
-    adapters_dir: str = Field("data/adapters", description="adapters go to <adapters_dir>/<run>/<method>-it<i>")
+    adapters_dir: str = Field("data/adapters", description="folder of the adapters, one per run and iteration, e.g. data/adapters/demo-eef/eef-it1")
     max_failed_fraction: float = Field(0.05, ge=0, le=1, description="episodes that may fail (crashed game) before a phase fails")
 
     @model_validator(mode="after")
