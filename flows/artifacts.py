@@ -85,7 +85,7 @@ def iteration_rows(run_id: str, iteration: int, summaries: dict[str, dict], meth
     else:
         rows += [
             _row("simulations", simulate.get("requested"), "simulate",
-                 "rollouts from checkpoints of the expert's failed trajectories"),
+                 "from checkpoints of failed expert trajectories"),
             _row("simulations that succeeded", simulate.get("successes"), "simulate",
                  "this phase's new rollouts" if simulate.get("already_stored") else ""),
         ]
@@ -133,7 +133,7 @@ def iteration_rows(run_id: str, iteration: int, summaries: dict[str, dict], meth
         for key, metric in (("n_optimizer_steps", "optimizer steps"),
                             ("n_supervised_tokens", "supervised tokens"), ("train_s", "training time s")):
             if key in train:
-                rows.append(_row(metric, train[key], "train"))
+                rows.append(_row(metric, _round(train[key], 1), "train"))
     for phase, wall in walls.items():
         rows.append(_row(f"wall time s: {phase}", wall, phase, "recorded earlier" if summaries[phase].get("skipped")
                          else ""))
@@ -163,10 +163,13 @@ def summary_markdown(df: pl.DataFrame) -> str:
         return markdown
 
 
-def comparison_page(df: pl.DataFrame, plot: Path, files: list[str], heading: str = "Win rate per iteration") -> str:
-    """The compare artifact (and the experiment run's): heading, plot, table, where the files are."""
+def comparison_page(df: pl.DataFrame, plot: Path, files: list[str], heading: str = "Win rate per iteration",
+                    lead: str = "") -> str:
+    """The compare artifact (and the experiment run's): heading, a lead line, plot, table, where the
+    files are."""
     listed = ", ".join(f"`{f}`" for f in files)
-    return f"## {heading}\n\n{embedded_png(plot)}\n\n{report.comparison_markdown(df)}\nFiles: {listed}\n"
+    lead = f"{lead}\n\n" if lead else ""
+    return f"## {heading}\n\n{lead}{embedded_png(plot)}\n\n{report.comparison_markdown(df)}\nFiles: {listed}\n"
 
 
 def headline(df: pl.DataFrame, name: str) -> str:

@@ -96,10 +96,11 @@ class ExperimentParams(BaseModel):
         None, description="synthetic expert: failure modes to draw from (None: the preset's, else all)")
     rft_samples: int = Field(1, ge=1, le=16, description="k of the RFT baseline (RFT×k)")
     extra_runs: list[Literal["sft-all", "nat", "eef-binary"]] = Field(
-        default_factory=list, description="more runs beside EEF and RFT, on the same tasks, as <name>-<extra>: the "
-                                          "offline baselines sft-all and nat, EEF with search=binary (the BC adapter shared)")
-    overrides: dict = Field(default_factory=dict, description="RunConfig fields to change, e.g. {\"iterations\": 3}")
-    out_dir: str = "data/reports"
+        default_factory=list, description="more runs beside EEF and RFT, on the same tasks, called NAME-EXTRA (e.g. "
+                                          "demo-nat): the offline baselines sft-all and nat, EEF with search=binary "
+                                          "(the BC adapter shared)")
+    overrides: dict = Field(default_factory=dict, description="run settings to change (the fields of the eef flow's run form), e.g. {\"iterations\": 3}")
+    out_dir: str = Field("data/reports", description="where the comparison table (CSV, Markdown) and the plot go")
 
     @field_validator("preset")
     @classmethod
@@ -135,7 +136,9 @@ def _run_phase(db: str, run_id: str, iteration: int, phase: str) -> dict:
 
     summary = pipeline.run_phase_process(  # the child holds the machine's model slot (pipeline.gpu_slot)
         db, run_id, iteration, phase, on_log=logger.info, on_progress=progress,
-        env={"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"},
+        # no progress bars in the log (the progress artifact shows progress): hub downloads, and the
+        # tqdm of transformers' one-time GGUF conversion, which only TQDM_DISABLE turns off
+        env={"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error"},
     )
     update_progress_artifact(artifact, 100.0)
     logger.info("%s of %s iteration %d: %s", phase, run_id, iteration, _brief(summary))
@@ -318,7 +321,8 @@ def experiment_flow(params: ExperimentParams = ExperimentParams()) -> dict:
     df = report.comparison(params.db, run_ids)
     line = artifacts.headline(df, params.name)
     create_markdown_artifact(
-        artifacts.comparison_page(df, Path(compared["plot"]), [compared["table"], compared["plot"]], heading=line),
+        artifacts.comparison_page(df, Path(compared["plot"]), [compared["table"], compared["plot"]],
+                                  heading=f"Experiment {params.name}: EEF vs RFT", lead=line),
         key=artifact_key(f"experiment-{params.name}"),
         description=f"Experiment {params.name}: EEF vs RFT, win rate per iteration (the compare flow's table).")
     get_run_logger().info(line)

@@ -12,6 +12,8 @@ real headless browser (Debian's `chromium`: `apt-get install -y chromium`). Stop
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
 import shutil
 import signal
@@ -58,18 +60,74 @@ def wait_until(check, what: str, timeout: float, procs: list[subprocess.Popen]) 
     raise SystemExit(f"error: {what} not reached within {timeout:.0f} s")
 
 
-def screenshot(url: str, path: Path, size: tuple[int, int]) -> None:
-    """One page as a PNG; the UI is a single-page app: give its API calls time to answer."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        raise SystemExit("error: no chromium on PATH (apt-get install -y chromium)")
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                        f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
-                        "--virtual-time-budget=15000", f"--screenshot={path}", url],
-                       check=True, capture_output=True, timeout=120)
-    shrink(path)
-    print(f"{path} ({path.stat().st_size // 1024} KB): {url}")
+class Browser:
+    """Headless Chromium driven over the DevTools protocol (its websocket; `websockets` comes with
+    Prefect): the UI is a single-page app, so a page is photographed once a text it must show is
+    there, and a tab that no URL selects (this UI resets `?tab=` while the run loads) is clicked."""
+
+    def __init__(self, profile: Path):
+        browser = shutil.which("chromium") or shutil.which("chromium-browser")
+        if browser is None:
+            raise SystemExit("error: no chromium on PATH (apt-get install -y chromium)")
+        self.proc = subprocess.Popen(
+            [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        for line in self.proc.stderr:  # "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/…"
+            if "DevTools listening on" in line:
+                port = line.split("ws://", 1)[1].split("/", 1)[0]
+                break
+        else:
+            raise SystemExit("error: chromium did not start")
+        pages = httpx.get(f"http://{port}/json/list", timeout=10).json()
+        page = next(p for p in pages if p["type"] == "page")
+        from websockets.sync.client import connect
+
+        self.ws = connect(page["webSocketDebuggerUrl"], max_size=64 * 2**20)
+        self.next_id = 0
+
+    def call(self, method: str, **params):
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv())
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+
+    def evaluate(self, expression: str):
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def wait_for_text(self, text: str, timeout: float = 60, click: str | None = None) -> None:
+        """Until the page shows `text`, clicking the element labelled `click` meanwhile (again and
+        again: the UI redraws its tabs when its data arrives)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.evaluate(f"document.body && document.body.innerText.includes({json.dumps(text)})"):
+                time.sleep(2.0)  # let charts and fonts settle
+                return
+            if click is not None:
+                self.evaluate(f"""[...document.querySelectorAll('button, a, [role=tab], .p-tab')]
+                    .find(e => e.textContent.trim() === {json.dumps(click)})?.click()""")
+            time.sleep(0.5)
+        debug = Path(tempfile.gettempdir()) / "eef-screenshot-failed.png"
+        debug.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+        raise SystemExit(f"error: the page never showed {text!r} (what it showed: {debug})")
+
+    def screenshot(self, url: str, path: Path, size: tuple[int, int], shows: str, click: str | None = None) -> None:
+        self.call("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1,
+                  mobile=False)
+        self.call("Page.navigate", url=url)
+        self.wait_for_text(shows, click=click)
+        data = self.call("Page.captureScreenshot", format="png")["data"]
+        path.write_bytes(base64.b64decode(data))
+        shrink(path)
+        print(f"{path} ({path.stat().st_size // 1024} KB): {url}" + (f" → {click}" if click else ""))
+
+    def close(self) -> None:
+        self.ws.close()
+        stop(self.proc)
 
 
 def shrink(path: Path) -> None:
@@ -81,23 +139,46 @@ def shrink(path: Path) -> None:
     small.save(path, optimize=True)
 
 
+def find_run(name: str):
+    """The last completed `experiment` flow run called `name`, or None."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        flows = {f.id: f.name for f in client.read_flows()}
+        done = [r for r in client.read_flow_runs() if r.name == name and flows.get(r.flow_id) == "experiment"
+                and r.state is not None and r.state.is_completed()]
+    return max(done, key=lambda r: r.created) if done else None
+
+
+def latest_artifacts() -> dict:
+    """Key -> the newest version of each keyed artifact (a run's summary has one per iteration)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        arts = sorted((a for a in client.read_artifacts() if a.key), key=lambda a: a.created)
+    return {a.key: a for a in arts}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "docs" / "ui"))
     parser.add_argument("--port", type=int, default=4299)
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the run")
+    parser.add_argument("--work", help="the folder of an earlier call (its server still holds the run: "
+                                       "photograph that run again instead of starting one)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ui = f"http://127.0.0.1:{args.port}"
     api = f"{ui}/api"
-    work = Path(tempfile.mkdtemp(prefix="eef-screenshots-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="eef-screenshots-"))
     env = {**os.environ, "PREFECT_HOME": str(work / "prefect-home"), "PREFECT_API_URL": api,
            "PREFECT_UI_URL": ui, "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "HF_HUB_OFFLINE": "1"}
     os.environ.update(env)  # this process's Prefect client talks to the same server
     procs: list[subprocess.Popen] = []
+    browser = None
     try:
         procs.append(start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
                             str(args.port)], env, work / "server.log"))
@@ -116,26 +197,35 @@ def main(argv: list[str] | None = None) -> None:
                     return None
 
         wait_until(lambda: deployment_id() is not None, "the served deployments", 120, procs)
-        screenshot(f"{ui}/deployments/deployment/{deployment_id()}/run", out / "custom-run-form.png", (1400, 1500))
+        browser = Browser(work / "chromium-profile")
+        browser.screenshot(f"{ui}/deployments/deployment/{deployment_id()}/run", out / "custom-run-form.png",
+                           (1400, 1500), shows="Expert Seeds")
 
-        params = {"db": str(db), "preset": args.preset, "name": NAME, "out_dir": str(work / "reports"),
-                  "overrides": {"adapters_dir": str(work / "adapters")}}
-        started = time.monotonic()
-        run = run_deployment("experiment/served", parameters={"params": params}, timeout=args.timeout,
-                             poll_interval=5)
-        took = time.monotonic() - started
-        print(f"experiment/served with preset {args.preset}: {run.state.type.value} after {took / 60:.1f} min")
-        if not run.state.is_completed():
-            raise SystemExit(f"error: the run ended {run.state.type.value}; see {work}/serve.log")
+        run = find_run(NAME) if args.work else None
+        if run is None:
+            params = {"db": str(db), "preset": args.preset, "name": NAME, "out_dir": str(work / "reports"),
+                      "overrides": {"adapters_dir": str(work / "adapters")}}
+            started = time.monotonic()
+            run = run_deployment("experiment/served", parameters={"params": params}, timeout=args.timeout,
+                                 poll_interval=5)
+            took = time.monotonic() - started
+            print(f"experiment/served with preset {args.preset}: {run.state.type.value} after {took / 60:.1f} min")
+            if not run.state.is_completed():
+                raise SystemExit(f"error: the run ended {run.state.type.value}; see {work}/serve.log")
 
-        with get_client(sync_client=True) as client:
-            arts = {a.key: a for a in client.read_artifacts() if a.key}
-        screenshot(f"{ui}/runs", out / "runs.png", (1600, 1000))
-        screenshot(f"{ui}/runs/flow-run/{run.id}?tab=Artifacts", out / "experiment-run.png", (1600, 1400))
-        screenshot(f"{ui}/runs/flow-run/{run.id}?tab=Logs", out / "experiment-logs.png", (1600, 900))
-        screenshot(f"{ui}/artifacts/artifact/{arts[f'{NAME}-eef-it1'].id}", out / "iteration-table.png", (1600, 1300))
-        screenshot(f"{ui}/artifacts/artifact/{arts[f'{NAME}-eef-summary'].id}", out / "run-summary.png", (1600, 1400))
+        arts = latest_artifacts()
+        browser.screenshot(f"{ui}/runs", out / "runs.png", (1600, 1450), shows=f"{NAME}-eef it1")
+        browser.screenshot(f"{ui}/runs/flow-run/{run.id}", out / "experiment-run.png", (1600, 900),
+                           shows=f"Experiment {NAME}: EEF vs RFT", click="Artifacts")
+        browser.screenshot(f"{ui}/runs/flow-run/{run.id}", out / "experiment-logs.png", (1600, 800),
+                           shows=f"experiment {NAME}:")
+        browser.screenshot(f"{ui}/artifacts/artifact/{arts[f'{NAME}-eef-it1'].id}", out / "iteration-table.png",
+                           (1600, 1100), shows="examples: initial states")
+        browser.screenshot(f"{ui}/artifacts/artifact/{arts[f'experiment-{NAME}'].id}", out / "run-summary.png",
+                           (1600, 1400), shows="mean reward")
     finally:
+        if browser is not None:
+            browser.close()
         for proc in reversed(procs):
             stop(proc)
         print(f"logs and the store: {work}")

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 
 from flows import artifacts
@@ -74,3 +76,31 @@ def test_run_names_and_headline() -> None:
     line = artifacts.headline(df, "a")
     assert line == ("experiment a: a-eef (eef) win rate 50.0 %, mean reward 0.600 at iteration 1 on 2 dev tasks; "
                     "a-rft: not evaluated")
+
+
+def _texts(schema) -> list[str]:
+    """Every description in a JSON schema (what the Custom-run form shows under a field)."""
+    if isinstance(schema, dict):
+        own = [v for k, v in schema.items() if k == "description" and isinstance(v, str)]
+        return own + [t for v in schema.values() for t in _texts(v)]
+    if isinstance(schema, list):
+        return [t for v in schema for t in _texts(v)]
+    return []
+
+
+def test_forms_show_their_descriptions_as_written() -> None:
+    """The UI renders a form's descriptions as HTML: a `<name>` in them vanishes; nor do they
+    name code a UI user cannot see."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows import collect, pipeline, selection
+    from flows.serve import deployments
+
+    flows = [pipeline.iteration_flow, pipeline.eef_flow, pipeline.rft_flow, pipeline.evaluate_flow,
+             pipeline.compare_flow, pipeline.experiment_flow, collect.collect_flow, selection.select_flow]
+    texts = [d.description for d in deployments(db="data/eef.duckdb")]
+    texts += [t for f in flows for t in _texts(parameter_schema(f.fn).model_dump())]
+    assert len(texts) > 100  # every field of every form
+    for text in texts:
+        assert not re.search(r"<[A-Za-z/]", text), text
+        assert "RunConfig" not in text and "eef_tasks" not in text and "PRESETS" not in text, text

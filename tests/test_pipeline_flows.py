@@ -13,7 +13,9 @@ synthetic expert, real SmolLM2 training and rollouts, a real (temporary) Prefect
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,7 +59,8 @@ def _rows(db: Path) -> dict[str, list[tuple]]:
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     """One uninterrupted run of the `experiment` flow on the tiny preset (what `eef run --preset tiny`
-    starts), in its own store, under a temporary Prefect server; returns the artifacts it left."""
+    starts), in its own store, under a temporary Prefect server; returns the artifacts it left and
+    the flow runs' (flow name, run name) by id."""
     from prefect.client.orchestration import get_client
     from prefect.testing.utilities import prefect_test_harness
 
@@ -72,11 +75,13 @@ def full_run(tmp_path_factory):
         ))
         with get_client(sync_client=True) as client:
             artifacts = {(a.key, a.type): a for a in client.read_artifacts()}
-    return work, db, result, artifacts
+            flows = {f.id: f.name for f in client.read_flows()}
+            runs = {r.id: (flows[r.flow_id], r.name) for r in client.read_flow_runs()}
+    return work, db, result, artifacts, runs
 
 
 def test_experiment_runs_every_phase_and_reports(full_run) -> None:
-    work, db, result, artifacts = full_run
+    work, db, result, artifacts, _ = full_run
     assert result["rows"] >= 4 and Path(result["plot"]).is_file()
     keys = {key for key, _ in artifacts if key}
     assert {"t-eef-it0", "t-eef-it1", "t-rft-it1", "t-eef-summary", "t-rft-summary",
@@ -114,6 +119,71 @@ def test_experiment_runs_every_phase_and_reports(full_run) -> None:
     assert (work / "reports" / "win-rate-t-eef-t-rft.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _table(artifact) -> list[dict]:
+    return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+
+
+def test_the_ui_shows_every_number_of_every_iteration(full_run) -> None:
+    """The artifacts as the Prefect UI reads them back from the server: per iteration table, every
+    row has every column (the UI takes its columns from the first row) and the key numbers are
+    there, equal to what the store holds; the run you trigger carries the comparison; run names."""
+    from flows.artifacts import COLUMNS, KEY_METRICS
+
+    _, db, _, artifacts, runs = full_run
+    tables = {key: _table(a) for (key, kind), a in artifacts.items()
+              if kind == "table" and re.fullmatch(r"t-(eef|rft)-it\d+", key or "")}
+    with store.reader(db) as con:
+        done = con.execute("SELECT DISTINCT run_id, iteration FROM run_phases ORDER BY ALL").fetchall()
+        phases = {(r, i, p): json.loads(s) for r, i, p, s in
+                  con.execute("SELECT run_id, iteration, phase, summary FROM run_phases").fetchall()}
+        kinds = {(r, i, k): n for r, i, k, n in con.execute(
+            "SELECT run_id, iteration, state_kind, count(*) FROM training_examples GROUP BY ALL").fetchall()}
+        sims = dict(((r, i), n) for r, i, n in con.execute(
+            "SELECT run_id, iteration, count(*) FROM trajectories WHERE purpose = 'simulate' GROUP BY ALL").fetchall())
+        scores = {(r, i): (w, m) for r, i, w, m in con.execute(
+            "SELECT run_id, iteration, win_rate, mean_reward FROM run_comparison").fetchall()}
+    assert sorted(tables) == sorted(f"{r}-it{i}" for r, i in done)
+    assert {"t-eef-it0", "t-eef-it1", "t-rft-it1"} <= set(tables)
+    for key, rows in tables.items():
+        run, iteration = key.rsplit("-it", 1)[0], int(key.rsplit("-it", 1)[1])
+        assert all(list(row) == list(COLUMNS) for row in rows), key
+        assert [row["metric"] for row in rows[: len(KEY_METRICS)]] == list(KEY_METRICS), key
+        value = {row["metric"]: row["value"] for row in rows}
+        for kind, metric in (("initial", "examples: initial states"), ("need_recover", "examples: need-recover states"),
+                             ("expert_success", "examples: expert successes")):
+            assert value[metric] == kinds.get((run, iteration, kind), 0), (key, metric)
+        assert value["examples: total"] == sum(n for (r, i, _), n in kinds.items() if (r, i) == (run, iteration))
+        assert value["simulations"] == sims.get((run, iteration), 0), key
+        assert isinstance(value["need-recover states found so far"], int), key
+        train = phases[(run, iteration, "train")]
+        if train.get("reused") or train.get("carried_over"):
+            assert value["final training loss"] is None
+        else:
+            assert value["final training loss"] == pytest.approx(train["final_loss"], abs=1e-4), key
+        if phases[(run, iteration, "evaluate")].get("reused"):  # the rft run's BC: evaluated by t-eef
+            assert (run, iteration) == ("t-rft", 0) and value["win rate %"] is None
+        else:
+            win, reward = scores[(run, iteration)]
+            assert value["win rate %"] == pytest.approx(100 * win, abs=0.05), key
+            assert value["mean reward"] == pytest.approx(reward, abs=5e-4), key
+        walls = sum(s["wall_s"] for (r, i, _), s in phases.items() if (r, i) == (run, iteration))
+        assert value["wall time s"] == pytest.approx(walls, abs=0.11), key
+    assert tables["t-eef-it1"][KEY_METRICS.index("simulations")]["value"] > 0
+
+    summary = artifacts[("t-eef-summary", "markdown")].data
+    assert "\n| run | iteration | win rate % | mean reward |" in summary  # the results first
+    by_name = {names: run_id for run_id, names in runs.items()}
+    experiment = by_name[("experiment", "t")]
+    page = artifacts[("experiment-t", "markdown")]
+    assert page.flow_run_id == experiment  # on the page of the run a user triggers
+    assert "data:image/png;base64," in page.data and "| run | iteration | win rate % | mean reward |" in page.data
+    assert page.data.startswith("## Experiment t: EEF vs RFT\n\nexperiment t: t-eef (eef) win rate ")
+    names = set(runs.values())
+    assert {("iteration", "t-eef it0"), ("iteration", "t-eef it1"), ("iteration", "t-rft it1"),
+            ("collect", "collect synthetic into eef.duckdb"), ("compare", "compare t-eef t-rft"),
+            ("eef", "t-eef"), ("rft", "t-rft")} <= names
+
+
 def _wait_for_phase(db: Path, run_id: str, iteration: int, phase: str, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -136,7 +206,7 @@ def _phase_children(db: Path) -> list[int]:
 
 
 def test_killed_run_resumes_to_the_same_rows(full_run, tmp_path) -> None:
-    _, full_db, _, _ = full_run
+    _, full_db, _, _, _ = full_run
     db = tmp_path / "eef.duckdb"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(_eef_run_args(db, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -206,7 +276,7 @@ def test_stopped_run_exits_cleanly_and_resumes_to_the_same_rows(full_run, tmp_pa
     """Ctrl-C (SIGINT to the process group, as a terminal sends it) or SIGTERM (to `eef run` only,
     as `docker stop` sends it) inside a model phase: the phase process, the flow (marked crashed on
     the server), then the temporary server stop; one line, 130 / 143; the rerun resumes."""
-    _, full_db, _, _ = full_run
+    _, full_db, _, _, _ = full_run
     db, home = tmp_path / "eef.duckdb", tmp_path / "prefect-home"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PREFECT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)
