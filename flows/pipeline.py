@@ -10,7 +10,10 @@ a fresh LoRA adapter, evaluate it. Iteration 0 is behaviour cloning (select, tra
 - `evaluate`   evaluates one iteration's adapter again (e.g. after a crashed evaluation).
 - `compare`    the methods × iterations table and the win-rate plot, as artifacts and files.
 - `experiment` the whole thing: collect expert data, an EEF run, an RFT run, compare
-               (`eef run --preset demo` runs it on CPU in minutes).
+               (`eef run --preset demo` runs it on CPU in minutes); its own page carries the
+               comparison and its log the one-line outcome.
+
+What the Prefect UI shows (iteration tables, summaries, flow-run names) is built in `flows.artifacts`.
 
 Tasks pass references (store path, run id, iteration) and each phase function lives in
 `eef_tasks.pipeline`. Phases that use the model run in a child process, one at a time per machine (an OS file lock
@@ -269,7 +272,9 @@ def compare_flow(params: CompareParams = CompareParams()) -> dict:
     df.write_csv(out / f"compare-{name}.csv")
     plot = report.win_rate_plot(df, out / f"win-rate-{name}.png")
     report.win_rate_plot(df, out / f"win-rate-{name}.svg")
-    create_table_artifact(df.to_dicts(), key=artifact_key(f"compare-{name}"), description="methods × iterations")
+    first = ["run_id", "iteration", "win_rate", "mean_reward"]  # the UI cuts a wide table at its right
+    create_table_artifact(df.select(first + [c for c in df.columns if c not in first]).to_dicts(),
+                          key=artifact_key(f"compare-{name}"), description="methods × iterations")
     create_markdown_artifact(
         artifacts.comparison_page(df, plot, [str(out / f"compare-{name}.csv"), str(plot)]),
         key=artifact_key(f"compare-{name}-plot"), description="win rate per iteration per method",

@@ -31,7 +31,7 @@ NAME = "ui"
 
 
 def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    return subprocess.Popen(args, env=env, stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
                             cwd=ROOT)
 
 
@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", help="the folder of an earlier call (its server still holds the run: "
                                        "photograph that run again instead of starting one)")
     args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines as they happen, also into a file
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ui = f"http://127.0.0.1:{args.port}"
