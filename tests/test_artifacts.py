@@ -97,7 +97,8 @@ def test_forms_show_their_descriptions_as_written() -> None:
     from flows.serve import deployments
 
     flows = [pipeline.iteration_flow, pipeline.eef_flow, pipeline.rft_flow, pipeline.evaluate_flow,
-             pipeline.compare_flow, pipeline.experiment_flow, collect.collect_flow, selection.select_flow]
+             pipeline.compare_flow, pipeline.experiment_flow, pipeline.baseline_flow, collect.collect_flow,
+             selection.select_flow]
     texts = [d.description for d in deployments(db="data/eef.duckdb")]
     texts += [t for f in flows for t in _texts(parameter_schema(f.fn).model_dump())]
     assert len(texts) > 100  # every field of every form
