@@ -88,6 +88,10 @@ def test_tiny_preset_on_webshop_end_to_end(webshop_run) -> None:
                     WHERE t.purpose = 'simulate'""")
         assert sims and {run for run, *_ in sims} == {f"{NAME}-eef"}
         assert all(step > 0 and not success and mine == theirs for _, _, step, success, mine, theirs in sims)
+        # the replayed prefixes' observations are the ones the shop returned during the replay
+        replayed = q("""SELECT s.observation FROM steps s JOIN trajectories t USING (traj_id)
+                        WHERE t.purpose = 'simulate' AND s.step < t.branch_step""")
+        assert replayed and all(" [SEP] " in obs for obs, in replayed)
         evals = q("""SELECT run_id, iteration, count(*) FROM trajectories t JOIN tasks k USING (task_id)
                      WHERE purpose = 'eval' AND k.split = 'dev' GROUP BY ALL ORDER BY ALL""")
         assert evals == [(f"{NAME}-eef", 0, 1), (f"{NAME}-eef", 1, 1), (f"{NAME}-rft", 1, 1)]
