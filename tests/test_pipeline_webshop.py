@@ -111,7 +111,7 @@ def test_tiny_preset_on_webshop_end_to_end(webshop_run) -> None:
     assert all(0.0 <= float(r["win_rate"]) <= 1.0 and 0.0 <= float(r["mean_reward"]) <= 1.0 for r in rates)
     comparison = _sql(db, "SELECT run_id, iteration, method FROM run_comparison ORDER BY ALL")
     assert {(r["run_id"], r["method"]) for r in comparison} >= {(f"{NAME}-eef", "eef"), (f"{NAME}-rft", "rft")}
-    counts = _sql(db, "SELECT method, state_kind, sum(examples) AS n FROM example_counts GROUP BY ALL ORDER BY ALL")
+    counts = _sql(db, "SELECT method, state_kind, sum(n_examples) AS n FROM example_counts GROUP BY ALL ORDER BY ALL")
     assert {r["method"] for r in counts} == {"bc", "eef", "rft"}
     checkpoints = _sql(db, f"SELECT * FROM expert_checkpoints WHERE run_id = '{NAME}-eef'")
     assert len(checkpoints) == len(sims)  # M = 1: one checkpoint per failed expert trajectory
