@@ -38,9 +38,9 @@ from typing import Any
 from eef_tasks.agent import AgentEpisode, step_limit, stop_reason
 from eef_tasks.engines import Engine, Generation, SamplingConfig, Session, episode_seed
 from eef_tasks.engines.hf import HFEngine
-from eef_tasks.envs.base import EnvError, parse_task_id
+from eef_tasks.envs.base import EnvError
 from eef_tasks.envs.pool import EnvPool, Episode, EpisodeResult, EpisodeView
-from eef_tasks.envs.registry import find_task
+from eef_tasks.envs.registry import find_task, task_env_of
 from eef_tasks.experts import task_record
 from eef_tasks.records import StepRecord, TaskRecord, TrajectoryRecord, write_trajectories
 from eef_tasks.store import reader, writer
@@ -277,7 +277,7 @@ def _jobs(
         limit = step_limit(tasks[ep.task_id][0], max_steps)
         if limit is not None and limit <= ep.branch_step:
             limit = ep.branch_step + 1  # a simulation always gets at least one policy step
-        agent = AgentEpisode(parse_task_id(ep.task_id)[0], limit, max_invalid_in_a_row,
+        agent = AgentEpisode(task_env_of(ep.task_id), limit, max_invalid_in_a_row,
                              prefix_thoughts=[t for t, _, _ in prefix], prompt_tag=prompt_tag)
         jobs.append(_Job(
             traj_id=traj_id, start=ep, agent=agent,

@@ -69,7 +69,8 @@ def test_goals_are_webshops_in_agentgyms_order_and_stable_across_processes():
 
 
 def test_splits_ids_and_catalog():
-    assert [len(catalog(s)) for s in ("train", "dev", "test")] == [5410, 1000, 500]
+    assert [len(catalog(s)) for s in ("train", "dev", "test")] == [5410, 1000, 500 + 13]  # + the human goals
+    assert len(catalog("test", human=False)) == 500
     test = catalog("test", limit=200)
     assert [s.task_id for s in test[:2]] == ["webshop/0", "webshop/1"] and len(test) == 200
     spec = find_task("webshop/1500")
@@ -85,6 +86,32 @@ def test_splits_ids_and_catalog():
         find_task("webshop/6910")
     assert isinstance(envs.make_env("webshop"), envs.Env)
     assert len(envs.catalog("webshop", "dev")) == 1000
+
+
+def test_human_goals_are_test_tasks_that_only_eefs_webshop_plays(env):
+    """The 13 human goals of these products, as WebShop's human-goal mode builds them: test tasks
+    'webshop/human/<i>' after the synthetic test goals; the gold expert wins each; AgentGym's
+    backend (whose server takes synthetic goal indices) never lists them."""
+    data = load_webshop()
+    assert len(data.human_goals) == 13 and all(g.human for g in data.human_goals)
+    humans = [s for s in catalog("test") if s.meta.get("goals") == "human"]
+    assert [s.task_id for s in humans] == [f"webshop/human/{i}" for i in range(13)]
+    assert catalog("test")[-13:] == humans and find_task("webshop/human/5") == humans[5]
+    lotion = next(g for g in data.human_goals if g.asin == "B087Y28XLM")
+    # WebShop's get_human_goals: the instruction without its final period, a price cap, the
+    # instruction attributes, and the instruction options as plain values for the reward
+    assert lotion.instruction_text.startswith("i am looking fresh scent body lotion for dry skin")
+    assert lotion.attributes == ("dry skin",) and lotion.reward_options == ("fresh",)
+    assert lotion.options == {"scent": "fresh"}
+    assert envs.catalog("agentgym:webshop", "test") == catalog("test", human=False)
+    with pytest.raises(EnvError, match="only eef's own WebShop"):
+        goal_index("webshop/human/3")
+    with pytest.raises(EnvError, match="human goals 0..12"):
+        find_task("webshop/human/13")
+    for spec in humans:
+        run = run_expert(env, spec.task_id, "gold")
+        assert run.reward == 1.0, spec.task_id
+    assert env.instruction == humans[-1].instruction
 
 
 def test_search_page_results_and_paging(env):
@@ -263,7 +290,7 @@ def test_envs_share_one_product_table_and_index():
 def test_gold_expert_reaches_reward_one_where_webshops_reward_allows():
     env = WebShop()
     rewards = []
-    for spec in catalog("test"):
+    for spec in catalog("test", human=False):  # the human goals: their own test
         actions, meta = experts.plan("gold", spec.task_id)
         assert len(actions) <= spec.max_steps and meta["target_page"] >= 1
         replay = env.replay(actions, task_id=spec.task_id)

@@ -60,6 +60,8 @@ class Backend:
     args: tuple[Any, ...] = ()
     takes_url: bool = False
     note: str = ""
+    # keyword arguments of its task env's catalog: the part of the task env this backend plays
+    catalog_args: dict[str, Any] = field(default_factory=dict)
 
 
 # AgentGym env -> the task env its backend plays: SciWorld's server also takes eef's ScienceWorld
@@ -86,7 +88,9 @@ BACKENDS: dict[str, Backend] = {
     "webshop": Backend("webshop", "webshop", "eef_tasks.envs.webshop:WebShop",
                        note="eef's WebShop (offline, in-process; 1,000 products)"),
     **{f"{AGENTGYM_PREFIX}{ag}": Backend(f"{AGENTGYM_PREFIX}{ag}", task_env, "eef_tasks.envs.agentgym:AgentGymEnv",
-                                         args=(ag,), takes_url=True, note=f"an AgentGym {ag} server")
+                                         args=(ag,), takes_url=True, note=f"an AgentGym {ag} server",
+                                         # its server takes synthetic goals' indices: no human goals
+                                         catalog_args={"human": False} if ag == "webshop" else {})
        for ag, task_env in _AGENTGYM_TASK_ENVS.items()},
 }
 
@@ -105,7 +109,8 @@ def _scienceworld_catalog(split: Split | Sequence[Split] | None, task_names: Ite
 
 def _webshop_catalog(split: Split | Sequence[Split] | None, task_names: Iterable[str] | None,
                      **kwargs: Any) -> list[TaskSpec]:
-    """WebShop's goals (`limit=` keeps the first n per split, as in webshop.catalog)."""
+    """WebShop's goals (`limit=` keeps the first n per split, `human=False` leaves the human goals
+    out, as in webshop.catalog)."""
     from eef_tasks.envs.webshop import tasks  # the product data loads only when asked for
 
     if task_names:
@@ -176,9 +181,12 @@ def env_kwargs(name: str, url: str | None = None) -> dict[str, Any]:
 
 def catalog(env: str, split: Split | Sequence[Split] | None = None,
             task_names: Iterable[str] | None = None, **kwargs: Any) -> list[TaskSpec]:
-    """The catalog of a task env (or of the task env a backend plays), filtered by split and name;
-    `kwargs` go to the task env's own catalog function (e.g. AgentGym's `ranges=`)."""
-    name = env if env in TASK_ENVS else backend(env).task_env
+    """The catalog of a task env (or of the part of its task env a backend plays), filtered by split
+    and name; `kwargs` go to the task env's own catalog function (e.g. AgentGym's `ranges=`)."""
+    if env in TASK_ENVS:
+        name = env
+    else:
+        name, kwargs = backend(env).task_env, {**backend(env).catalog_args, **kwargs}
     entry = task_env(name)
     return _load(entry.catalog)(*entry.args, split, list(task_names) if task_names else None, **kwargs)
 

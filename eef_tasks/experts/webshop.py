@@ -26,6 +26,7 @@ from running the plan in the env.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,7 @@ from eef_tasks.envs.base import EnvError
 from eef_tasks.envs.webshop.env import BACK_TO_SEARCH, BUY_NOW, NEXT_PAGE, PREV_PAGE, PRODUCT_WINDOW
 from eef_tasks.envs.webshop.products import Goal, WebShopData, load_webshop
 from eef_tasks.envs.webshop.search import ProductSearch, product_search
-from eef_tasks.envs.webshop.tasks import MAX_STEPS, goal_index
+from eef_tasks.envs.webshop.tasks import MAX_STEPS, goal_of
 
 GOLD_EXPERT = "gold"
 SYNTHETIC_EXPERT = "synthetic"
@@ -57,10 +58,16 @@ class GoldRoute:
     results: tuple[str, ...] = field(repr=False)  # the result asins, best first
 
 
+_PRICE_TEXT = re.compile(r", and price lower than [\d.]+ dollars$")
+
+
 def _queries(goal: Goal, data: WebShopData) -> list[tuple[str, str]]:
     product = data.by_asin[goal.asin]
+    # a human goal's own words (its price cap cut off); a synthetic goal's instruction before the
+    # options and price were appended to it
+    said = _PRICE_TEXT.sub("", goal.instruction_text) if goal.human else product.instruction_text
     return [
-        ("instruction", (product.instruction_text or goal.instruction_text).lower()),
+        ("instruction", (said or goal.instruction_text).lower()),
         ("product_query", goal.query),
         ("title", product.title.lower()),
     ]
@@ -124,10 +131,7 @@ def plan(expert: str, task_id: str, *, seed: int = 0, success_rate: float = DEFA
          max_steps: int | None = None) -> tuple[list[str], dict[str, Any]]:
     """The actions an offline expert takes on a WebShop goal, and metadata describing them."""
     data = load_webshop()
-    index = goal_index(task_id)
-    if not 0 <= index < len(data.goals):
-        raise EnvError(f"{task_id!r}: WebShop has goals 0..{len(data.goals) - 1}")
-    goal = data.goals[index]
+    goal = goal_of(task_id, data)
     limit = max_steps or MAX_STEPS
     route = gold_route(goal, max_steps=limit, data=data)
     gold = gold_actions(goal, route)

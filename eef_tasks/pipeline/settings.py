@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from eef_tasks.credentials import VLLM_KEY_HINT, refuse_url_credentials
 from eef_tasks.envs import registry
+from eef_tasks.envs.base import EnvError
 from eef_tasks.pipeline import presets
 from eef_tasks.pipeline.errors import PipelineError
 from eef_tasks.training import TrainConfig
@@ -117,7 +118,8 @@ def validation_message(exc: ValidationError) -> str:
 def preset_config(preset: str, run_id: str, method: str = "eef", **overrides: Any) -> RunConfig:
     """The RunConfig of a preset for run `run_id` (rft and binary search: M = 0; sft-all, nat: M = 0
     and no iterations after iteration 0), with `overrides` applied."""
-    values = {**presets.settings_of(preset), "run_id": run_id, "method": method, **overrides}
+    values = {**presets.settings_of(preset, _task_env_of(overrides.get("env", "scienceworld"))),
+              "run_id": run_id, "method": method, **overrides}
     if method in ("rft", *OFFLINE_METHODS) or values.get("search") == "binary":
         values["n_sims"] = 0
     if method in OFFLINE_METHODS:
@@ -126,6 +128,14 @@ def preset_config(preset: str, run_id: str, method: str = "eef", **overrides: An
         return RunConfig(**values)
     except ValidationError as exc:
         raise PipelineError(validation_message(exc)) from None
+
+
+def _task_env_of(env: Any) -> str | None:
+    """The task env a run's `env` plays (None for an unknown one: RunConfig's validation names it)."""
+    try:
+        return registry.backend(str(env)).task_env
+    except EnvError:
+        return None
 
 
 def config_hash(config: RunConfig) -> str:

@@ -42,7 +42,7 @@ from eef_tasks.envs.base import EnvError, EpisodeOver, ReplayResult, StepResult,
 from eef_tasks.envs.webshop.products import Goal, Product, WebShopData, load_webshop
 from eef_tasks.envs.webshop.reward import RewardInfo, get_reward
 from eef_tasks.envs.webshop.search import ProductSearch, product_search
-from eef_tasks.envs.webshop.tasks import ENV_NAME, goal_index
+from eef_tasks.envs.webshop.tasks import ENV_NAME, goal_of
 
 PRODUCT_WINDOW = 10  # WebShop's results per page
 SEP = " [SEP] "
@@ -138,15 +138,11 @@ class WebShop:
     # -- the Env interface --
 
     def reset(self, task_id: str, *, max_steps: int | None = None) -> str:
-        """Start goal `webshop/<index>`; returns the search page. With `max_steps`, the episode
+        """Start goal `webshop/<index>` (or human goal `webshop/human/<index>`); returns the search page. With `max_steps`, the episode
         ends (`info['truncated']`) after that many actions."""
-        index = goal_index(task_id)
-        if not 0 <= index < len(self.data.goals):
-            raise EnvError(
-                f"{task_id!r}: WebShop has goals 0..{len(self.data.goals) - 1} in this setting"
-            )
+        goal = goal_of(task_id, self.data)
         self._clear_episode()
-        self._session = _Session(goal=self.data.goals[index])
+        self._session = _Session(goal=goal)
         self._task_id = task_id
         self._max_steps = max_steps
         self._initial_observation = self.observation

@@ -1,5 +1,6 @@
-"""WebShop's products and goals for its small setting (1,000 products, 6,910 synthetic goals),
-read from the data shipped in `eef_tasks/data/webshop/` and built as WebShop builds them.
+"""WebShop's products and goals for its small setting (1,000 products, 6,910 synthetic goals and
+13 human goals), read from the data shipped in `eef_tasks/data/webshop/` and built as WebShop
+builds them.
 
 Rules, from princeton-nlp/WebShop `web_agent_site/engine/engine.py` (`load_products`,
 `generate_product_prices`) and `engine/goal.py` (`get_synthetic_goals`), in the variant that
@@ -19,6 +20,14 @@ AgentGym's `agentenv-webshop` server runs (`num_products=1000`, synthetic goals,
   product's price, drawn from `random.Random(233)` in product order (AgentGym seeds that draw;
   WebShop leaves it unseeded). The list is then shuffled with `random.Random(233)`, as both do:
   goal i here is `reset(session=i)` there.
+- human goals (`get_human_goals`, WebShop's `human_goals=True` mode, which replaces the synthetic
+  goals there; here they are kept beside them): for every product with human-written instructions
+  (`items_human_ins.json`, 13 for these products), in product order, one goal per instruction with
+  instruction attributes: the instruction without its final periods, the same price cap rule and
+  draw (a `random.Random(233)` of their own), its attributes, and its instruction options as a
+  list of values (so the reward compares option values, not name/value pairs); shuffled with
+  `random.Random(233)`. `Goal.options` maps each such value to the product option that offers it
+  exactly (what an expert clicks); a value the product does not offer is kept for the reward only.
 
 Everything is loaded once per process (`load_webshop`) and shared read-only by every env.
 """
@@ -39,6 +48,7 @@ from typing import Any
 DATA_DIR = Path(__file__).resolve().parent.parent.parent / "data" / "webshop"
 PRODUCTS_FILE = DATA_DIR / "items_shuffle_1000.json.gz"
 ATTRIBUTES_FILE = DATA_DIR / "items_ins_v2_1000.json.gz"
+HUMAN_FILE = DATA_DIR / "items_human_ins.json.gz"
 NOUNS_FILE = DATA_DIR / "title_nouns.json.gz"
 
 PRICE_RANGE = [10.0 * i for i in range(1, 100)]
@@ -70,7 +80,9 @@ class Product:
 
 @dataclass(frozen=True)
 class Goal:
-    """One synthetic goal: buy `asin` with `options`, price at most `price_upper`."""
+    """One goal: buy `asin` with `options`, price at most `price_upper`. A synthetic goal by
+    default; a human goal (`human=True`) also keeps its instruction options as WebShop's reward
+    sees them (`human_options`)."""
 
     index: int
     asin: str
@@ -82,6 +94,14 @@ class Goal:
     query: str
     category: str
     product_category: str
+    human: bool = False
+    human_options: tuple[str, ...] = ()
+
+    @property
+    def reward_options(self) -> tuple[Any, ...]:
+        """The goal options WebShop's reward matches purchased values against: (name, value)
+        pairs of a synthetic goal, the instruction's option values of a human goal."""
+        return self.human_options if self.human else tuple(self.options.items())
 
 
 @dataclass(frozen=True)
@@ -91,6 +111,7 @@ class WebShopData:
     products: tuple[Product, ...]
     by_asin: dict[str, Product]
     goals: tuple[Goal, ...]
+    human_goals: tuple[Goal, ...] = ()
 
 
 def read_gz_json(path: Path) -> Any:
@@ -159,6 +180,15 @@ def build_products(raw: list[dict[str, Any]], attributes: dict[str, Any],
     return products
 
 
+def _price_cap(price: float, rng: random.Random) -> tuple[float, str]:
+    """A goal's price cap and its text (WebShop's rule, shared by synthetic and human goals)."""
+    price_range = [p for p in PRICE_RANGE if p > price][:4]
+    if len(price_range) >= 2:
+        _, price_upper = sorted(rng.sample(price_range, 2))
+        return price_upper, f", and price lower than {price_upper:.2f} dollars"
+    return NO_PRICE_CAP, ""
+
+
 def build_goals(products: list[Product]) -> list[Goal]:
     """WebShop's `get_synthetic_goals` (AgentGym's seeded price draw), then the seeded shuffle."""
     rng = random.Random(GOAL_SEED)
@@ -166,12 +196,7 @@ def build_goals(products: list[Product]) -> list[Goal]:
     for product in products:
         if product.instruction_text is None:
             continue
-        price_range = [p for p in PRICE_RANGE if p > product.price][:4]
-        if len(price_range) >= 2:
-            _, price_upper = sorted(rng.sample(price_range, 2))
-            price_text = f", and price lower than {price_upper:.2f} dollars"
-        else:
-            price_upper, price_text = NO_PRICE_CAP, ""
+        price_upper, price_text = _price_cap(product.price, rng)
         names = sorted(product.options)
         for combination in itertools.product(*(product.options[n] for n in names)):
             chosen = dict(zip(names, combination, strict=True))
@@ -192,6 +217,36 @@ def build_goals(products: list[Product]) -> list[Goal]:
     return [Goal(index=i, **g) for i, g in enumerate(goals)]
 
 
+def build_human_goals(products: list[Product], human: dict[str, list[dict[str, Any]]]) -> list[Goal]:
+    """WebShop's `get_human_goals` (instructions without instruction attributes skipped, as there),
+    with a seeded price draw, then the seeded shuffle."""
+    rng = random.Random(GOAL_SEED)
+    goals: list[dict[str, Any]] = []
+    for product in products:
+        for entry in human.get(product.asin, []):
+            attributes = tuple(entry.get("instruction_attributes") or ())
+            if not attributes:
+                continue
+            price_upper, price_text = _price_cap(product.price, rng)
+            values = tuple(str(v) for v in entry.get("instruction_options") or ())
+            offered = {v: name for name, vs in product.options.items() for v in vs}
+            goals.append(dict(
+                asin=product.asin,
+                instruction_text=str(entry["instruction"]).strip(".") + price_text,
+                attributes=attributes,
+                options={offered[v]: v for v in values if v in offered},
+                price_upper=float(price_upper),
+                name=product.title,
+                query=product.query,
+                category=product.category,
+                product_category=product.product_category,
+                human=True,
+                human_options=values,
+            ))
+    random.Random(GOAL_SEED).shuffle(goals)
+    return [Goal(index=i, **g) for i, g in enumerate(goals)]
+
+
 @cache
 def load_webshop() -> WebShopData:
     """The shipped products and goals, built once per process and shared (read-only)."""
@@ -205,4 +260,5 @@ def load_webshop() -> WebShopData:
         read_gz_json(NOUNS_FILE)["nouns"],
     )
     goals = build_goals(products)
-    return WebShopData(tuple(products), {p.asin: p for p in products}, tuple(goals))
+    human = build_human_goals(products, read_gz_json(HUMAN_FILE)) if HUMAN_FILE.exists() else []
+    return WebShopData(tuple(products), {p.asin: p for p in products}, tuple(goals), tuple(human))

@@ -16,6 +16,8 @@
   ("('size', 'large')", i.e. the tokens "size large") unless its value is exactly a colour word of
   `COLOR_SET`; purchased values are reduced to the first colour word they contain. This is why
   "large" matches "xx-large tall" for the value alone but the pair needs its tokens covered.
+  A human goal's options are the instruction's option values themselves (WebShop's human goals
+  hold a list), compared as values (`Goal.reward_options`).
 
 thefuzz's `token_set_ratio(a, b)` is rapidfuzz's on both strings with the characters 128..255
 removed and rapidfuzz's `default_process` applied, rounded to an int; it is reimplemented here
@@ -120,7 +122,7 @@ def attribute_matches(purchased: Product, goal: Goal) -> int:
 
 def option_matches(purchased_values: Iterable[str], goal: Goal) -> int:
     bought = [normalize_color(v) for v in purchased_values]
-    wanted = [normalize_color(pair) for pair in goal.options.items()]
+    wanted = [normalize_color(option) for option in goal.reward_options]
     return sum(
         1 for w in wanted if any(token_set_ratio(b, w) > MATCH_THRESHOLD for b in bought)
     )
@@ -133,12 +135,13 @@ def get_reward(purchased: Product, goal: Goal, goal_nouns: Iterable[str], price:
     r_price = price <= goal.price_upper
     n_att = attribute_matches(purchased, goal)
     n_opt = option_matches(options.values(), goal)
-    total = (n_att + n_opt + int(r_price)) / (len(goal.attributes) + len(goal.options) + 1)
+    n_options = len(goal.reward_options)
+    total = (n_att + n_opt + int(r_price)) / (len(goal.attributes) + n_options + 1)
     return RewardInfo(
         reward=total * r_type,
         r_type=r_type,
         r_att=n_att / len(goal.attributes) if goal.attributes else 0.0,
-        r_option=n_opt / len(goal.options) if goal.options else None,
+        r_option=n_opt / n_options if n_options else None,
         r_price=r_price,
         query_match=query_match,
         category_match=category_match,

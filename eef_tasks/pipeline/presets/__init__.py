@@ -2,7 +2,10 @@
 `paper.py`). A recipe's docstring is its one-line description (shown by `eef run --help`) and its
 `SETTINGS` are RunConfig fields, plain data (`settings.preset_config` validates them and adds a run
 id and method); an optional `EXPERT` says how `eef run` collects the synthetic expert's data
-(`seeds`, `failure_modes`; default seeds 0 and 1, every failure mode). Adding a preset is adding a
+(`seeds`, `failure_modes`; default seeds 0 and 1, every failure mode). A recipe may size itself per
+task env: `BY_ENV = {"webshop": {...}}` holds the fields that replace those of `SETTINGS` when the
+run's environment plays that task env (WebShop's tasks have no names to filter by, and its pages are
+longer than ScienceWorld's). Adding a preset is adding a
 file here."""
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ def describe() -> str:
                      for name, module in presets().items())
 
 
-def settings_of(preset: str) -> dict[str, Any]:
+def settings_of(preset: str, task_env: str | None = None) -> dict[str, Any]:
+    """The preset's settings, with its `BY_ENV[task_env]` fields (if any) in place of the defaults."""
     if preset not in presets():
         raise PipelineError(f"unknown preset {preset!r}: one of {', '.join(presets())}")
-    return dict(presets()[preset].SETTINGS)
+    module = presets()[preset]
+    return {**module.SETTINGS, **getattr(module, "BY_ENV", {}).get(task_env, {})}
 
 
 DEFAULT_EXPERT = {"seeds": [0, 1], "failure_modes": []}
