@@ -61,15 +61,17 @@ def evaluate_adapter(
     env_kwargs: dict[str, Any] | None = None,
     on_progress: Any = None,
     prompt_tag: str | None = None,
+    rollouts: Any = run_rollouts,
 ) -> EvalResult:
     """Evaluate `adapter` (None: the base model) on `task_ids`, else on `split`'s tasks of `env`.
     `sampling` defaults to greedy decoding with `max_new_tokens` and `seed`; `prompt_tag` adds NAT's
-    marker to every prompt (a nat run's adapter is evaluated with 'positive')."""
+    marker to every prompt (a nat run's adapter is evaluated with 'positive'). `rollouts` runs the
+    episodes (`rollout.run_rollouts`, or `distributed.ray_rollouts(...)` on a Ray cluster)."""
     tasks = registry.check_eval_tasks(task_ids) if task_ids else eval_tasks(split, task_names, limit, env)
     if not tasks:
         raise UserError(f"no {split} tasks to evaluate on" + (f" named {', '.join(task_names)}" if task_names else ""))
     model_id = f"{run_id}/{Path(adapter).name}" if adapter else f"{run_id}/base"
-    summary = run_rollouts(
+    summary = rollouts(
         db, run_id, iteration, explore_episodes(tasks), purpose="eval", model_path=base_model,
         adapter_dir=adapter, model_id=model_id, engine=engine, engine_factory=engine_factory,
         n_workers=n_workers, max_steps=max_steps, env=env, env_kwargs=env_kwargs, on_progress=on_progress,

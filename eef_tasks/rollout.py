@@ -192,25 +192,80 @@ def run_rollouts(
     summary = RolloutSummary(run_id=run_id, iteration=iteration, purpose=purpose)
 
     # 1. plan
-    todo = _plan(db, run_id, iteration, purpose, episodes, summary)
+    plan = plan_rollouts(db, run_id, iteration, purpose, episodes, summary)
     if on_progress is not None:
         on_progress(summary)
-    if not todo:
+    if not plan.todo:
         summary.elapsed_s = time.monotonic() - started
         return summary
+    engine = engine or (engine_factory() if engine_factory else HFEngine(model_path, adapter_dir))
+    # 2.-4. run them; write what finishes
+    out = _Writer(db, plan.task_rows(), batch_size, summary)
+    try:
+        execute_plan(plan, out, engine=engine, model_id=model_id, sampling=sampling, n_workers=n_workers,
+                     pools=pools, env=env, env_kwargs=env_kwargs, max_steps=max_steps,
+                     max_invalid_in_a_row=max_invalid_in_a_row, batch_wait_s=batch_wait_s, retries=retries,
+                     timeout_s=timeout_s, on_progress=on_progress, summary=summary, prompt_tag=prompt_tag)
+    finally:
+        summary.elapsed_s = time.monotonic() - started
+    return summary
+
+
+@dataclass
+class RolloutPlan:
+    """What is left of a phase's episodes, with everything read from the store that running them
+    needs (expert prefixes, step limits, task rows): a plan runs without opening the store, so a
+    part of it can be shipped to another process or machine (`eef_tasks.distributed`)."""
+
+    run_id: str
+    iteration: int
+    purpose: str
+    todo: list[tuple[str, RolloutEpisode]]
+    prefixes: dict[str, list[tuple[str | None, str, str]]]
+    tasks: dict[str, tuple[int | None, TaskRecord | None]]
+
+    def task_rows(self) -> list[TaskRecord]:
+        return [row for _, row in self.tasks.values() if row is not None]
+
+    def split(self, n: int) -> list[RolloutPlan]:
+        """At most `n` non-empty plans sharing the episodes round-robin (each with what it needs)."""
+        parts = [self.todo[i::n] for i in range(max(1, n))]
+        return [RolloutPlan(
+            self.run_id, self.iteration, self.purpose, part,
+            {b: self.prefixes[b] for b in {ep.branch_traj_id for _, ep in part if ep.branch_traj_id}},
+            {t: self.tasks[t] for t in {ep.task_id for _, ep in part}},
+        ) for part in parts if part]
+
+
+def plan_rollouts(
+    db: str | Path, run_id: str, iteration: int, purpose: str, episodes: Sequence[RolloutEpisode],
+    summary: RolloutSummary,
+) -> RolloutPlan:
+    """The episodes not stored yet (counted in `summary`) and what running them needs."""
+    todo = _plan(db, run_id, iteration, purpose, episodes, summary)
+    if not todo:
+        return RolloutPlan(run_id, iteration, purpose, [], {}, {})
     prefixes = _load_prefixes(db, {ep.branch_traj_id for _, ep in todo if ep.branch_traj_id})
     tasks = _task_info(db, {ep.task_id for _, ep in todo})
-    engine = engine or (engine_factory() if engine_factory else HFEngine(model_path, adapter_dir))
-    model_id = model_id or (Path(engine.adapter_dir).name if engine.adapter_dir else Path(engine.model_path).name)
-    jobs = _jobs(todo, prefixes, tasks, engine, sampling, max_steps, max_invalid_in_a_row, summary, prompt_tag)
+    return RolloutPlan(run_id, iteration, purpose, todo, prefixes, tasks)
 
-    # 2. keep N slots busy; 3. batch their model calls; 4. write what finishes
+
+def execute_plan(
+    plan: RolloutPlan, out: Any, *, engine: Engine, model_id: str | None, sampling: SamplingConfig,
+    n_workers: int, pools: Sequence[EnvPool] | None, env: str, env_kwargs: dict[str, Any] | None,
+    max_steps: int | None, max_invalid_in_a_row: int, batch_wait_s: float, retries: int, timeout_s: float,
+    on_progress: Callable[[RolloutSummary], None] | None, summary: RolloutSummary, prompt_tag: str | None = None,
+) -> None:
+    """Run a plan's episodes: N slots kept busy, their model calls batched, each finished
+    trajectory handed to `out.add` (and `out.flush()` at the end, whatever happens)."""
+    model_id = model_id or (Path(engine.adapter_dir).name if engine.adapter_dir else Path(engine.model_path).name)
+    jobs = _jobs(plan.todo, plan.prefixes, plan.tasks, engine, sampling, max_steps, max_invalid_in_a_row, summary,
+                 prompt_tag)
     batcher = _Batcher()
     slots = _Slots(jobs, batcher, pools=pools, n_workers=n_workers, env=env, env_kwargs=env_kwargs,
                    retries=retries, timeout_s=timeout_s)
-    out = _Writer(db, [row for _, row in tasks.values() if row is not None], batch_size, summary)
-    make_record = partial(_record, run_id=run_id, iteration=iteration, purpose=purpose, model_id=model_id,
-                          engine=engine, sampling=sampling, summary=summary)
+    make_record = partial(_record, run_id=plan.run_id, iteration=plan.iteration, purpose=plan.purpose,
+                          model_id=model_id, engine=engine, sampling=sampling, summary=summary)
     batched = 0
     slots.start()
     try:
@@ -223,8 +278,6 @@ def run_rollouts(
         finally:
             slots.close()
             summary.mean_batch_size = batched / summary.generate_calls if summary.generate_calls else 0.0
-            summary.elapsed_s = time.monotonic() - started
-    return summary
 
 
 @dataclass
@@ -427,7 +480,7 @@ class _Slots:
 def _drive(
     engine: Engine, sampling: SamplingConfig, slots: _Slots, batcher: _Batcher, batch_wait_s: float,
     summary: RolloutSummary, make_record: Callable[[_Job, EpisodeResult], TrajectoryRecord | None],
-    out: _Writer, on_progress: Callable[[RolloutSummary], None] | None,
+    out: Any, on_progress: Callable[[RolloutSummary], None] | None,
 ) -> int:
     """Answer the slots' model calls in batches and write each finished episode, until every slot
     is done; the number of calls answered."""

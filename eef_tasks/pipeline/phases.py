@@ -109,13 +109,23 @@ def _rollout_summary(config: RunConfig, iteration: int, purpose: str, summary: r
 def _rollouts(db, config: RunConfig, iteration: int, purpose: str, episodes, adapter: Path,
               progress: Progress | None) -> dict:
     with vllm_server(config) as server:
-        summary = rollout.run_rollouts(
+        summary = rollout_runner(config)(
             db, config.run_id, iteration, episodes, purpose=purpose, engine_factory=lambda: engine(config, adapter, server),
             model_id=f"{config.run_id}/{adapter.name}", sampling=_sampling(config, config.explore_temperature),
             n_workers=config.workers, max_steps=config.max_steps, on_progress=_on_progress(progress, len(episodes)),
             env=config.env, env_kwargs=registry.env_kwargs(config.env, config.env_url), prompt_tag=config.prompt_tag,
         )
     return {**_rollout_summary(config, iteration, purpose, summary, len(episodes), adapter), **server.summary}
+
+
+def rollout_runner(config: RunConfig):
+    """How the run's rollout phases run: `rollout.run_rollouts` here (runner=local), or in shards
+    on a Ray cluster (runner=ray, `eef_tasks.distributed`)."""
+    if config.runner == "ray":
+        from eef_tasks.distributed import ray_rollouts  # Ray is an optional extra
+
+        return ray_rollouts(config.ray_address, config.ray_shards, config.ray_gpus_per_shard)
+    return rollout.run_rollouts
 
 
 class PhaseServer(NamedTuple):
@@ -221,6 +231,7 @@ def evaluate(db, config: RunConfig, iteration: int, progress: Progress | None) -
             n_workers=config.workers, max_steps=config.max_steps, env=config.env,
             env_kwargs=registry.env_kwargs(config.env, config.env_url),
             on_progress=_on_progress(progress, len(config.eval_tasks)), prompt_tag=config.prompt_tag,
+            rollouts=rollout_runner(config),
         )
     summary = {**_rollout_summary(config, iteration, "eval", result.rollouts, len(config.eval_tasks), adapter),
                **server.summary}

@@ -17,7 +17,7 @@ from eef_tasks.training import TrainConfig
 
 # settings that may change between invocations of a registered run; every other setting is fixed
 MUTABLE_SETTINGS = frozenset({"iterations", "workers", "engine", "vllm_url", "served_model", "max_failed_fraction",
-                              "env_url"})
+                              "env_url", "runner", "ray_address", "ray_shards", "ray_gpus_per_shard"})
 
 
 # methods trained once, at iteration 0, on expert data only, in place of behaviour cloning (the paper's
@@ -65,6 +65,12 @@ class RunConfig(BaseModel):
     engine: Literal["hf", "vllm"] = Field("hf", description="hf: local transformers; vllm: a vLLM server")
     vllm_url: str | None = Field(None, description="vLLM server, e.g. http://vllm:8000/v1 (default $EEF_VLLM_URL)")
     served_model: str | None = Field(None, description="the base model's name on the vLLM server")
+    runner: Literal["local", "ray"] = Field("local", description="local: this machine's game processes; "
+                                            "ray: rollout shards on a Ray cluster (needs the ray extra of the package)")
+    ray_address: str | None = Field("auto", description="Ray cluster: auto (the cluster started with ray start on "
+                                    "this machine), ray://host:10001, or empty for a Ray instance started per phase")
+    ray_shards: int = Field(2, ge=1, le=1024, description="runner ray: shards per rollout phase (workers are split over them)")
+    ray_gpus_per_shard: float = Field(0.0, ge=0, description="runner ray: GPUs Ray gives each shard (a local model runs on it)")
     adapters_dir: str = Field("data/adapters", description="folder of the adapters, one per run and iteration, e.g. data/adapters/demo-eef/eef-it1")
     max_failed_fraction: float = Field(0.05, ge=0, le=1, description="episodes that may fail (crashed game) before a phase fails")
 
