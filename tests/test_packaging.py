@@ -31,7 +31,7 @@ def test_compose_file_declares_server_database_and_worker():
     assert {"postgres", "prefect-server", "worker"} <= set(services)
     assert "postgresql" in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     assert services["worker"]["environment"]["PREFECT_API_URL"].startswith("http://prefect-server:4200")
-    assert (ROOT / services["worker"]["build"] / "Dockerfile").exists()
+    assert (ROOT / services["worker"]["build"]["context"] / "Dockerfile").exists()
 
 
 def test_ci_runs_exactly_the_readme_test_command():
