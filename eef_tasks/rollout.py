@@ -10,8 +10,11 @@ skipped). Where simulations start is the `expert_checkpoints` view's rule (unifo
 
 `run_rollouts` reads top to bottom:
 
-1. **plan** (`_plan`, `_jobs`): the episodes' traj ids, the stored ones skipped; the expert prefixes
-   and step limits of the others, one engine session and one agent state each;
+1. **plan** (`plan_rollouts` → a `RolloutPlan`; `_jobs`): the episodes' traj ids, the stored ones
+   skipped; the expert prefixes and step limits of the others (read from the store once, so a plan
+   runs anywhere: `eef_tasks.distributed` ships parts of it to Ray workers), then one engine
+   session and one agent state each; steps 2–4 are `execute_plan`, which hands each finished
+   trajectory to a sink (the writer here, a list on a Ray worker);
 2. **keep N slots busy** (`_Slots`): one single-worker `EnvPool` per concurrent episode slot, each
    driven from its own thread; an episode's policy is its agent's turn, whose model calls wait in
    the `_Batcher`;

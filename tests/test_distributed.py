@@ -174,3 +174,13 @@ def test_a_shard_whose_worker_is_killed_is_rerun_without_loss_or_duplicates(clus
     rows = _stored(db, "k")
     assert len(rows) == len({r[0] for r in rows}) == 4
     assert {r[0] for r in rows} == {traj_id_for_rollout("k", 1, "explore", e) for e in episodes}
+
+
+def test_runner_setting_routes_rollout_phases_to_ray():
+    from eef_tasks.pipeline import phases
+    from eef_tasks.pipeline.settings import RunConfig
+    from eef_tasks.rollout import run_rollouts
+
+    assert phases.rollout_runner(RunConfig(run_id="a")) is run_rollouts
+    on_ray = phases.rollout_runner(RunConfig(run_id="a", runner="ray", ray_shards=3))
+    assert on_ray is not run_rollouts and on_ray.__qualname__.startswith("ray_rollouts")
