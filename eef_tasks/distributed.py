@@ -26,6 +26,7 @@ Ray and prefect-ray are an optional extra: `pip install -e '.[ray]'`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -190,6 +191,15 @@ def ray_rollouts(address: str | None = "auto", shards: int = 2, gpus_per_shard: 
     return run
 
 
+def _rotated(options: ShardOptions, shard: int) -> ShardOptions:
+    """Shard i starts its slots on env server i mod n, so that the shards' slots cover the servers."""
+    urls = (options.env_kwargs or {}).get("base_url")
+    if not isinstance(urls, list | tuple) or len(urls) < 2:
+        return options
+    k = shard % len(urls)
+    return dataclasses.replace(options, env_kwargs={**options.env_kwargs, "base_url": list(urls[k:]) + list(urls[:k])})
+
+
 def _fan_out(parts: list[RolloutPlan], options: ShardOptions, out: _Writer, summary: RolloutSummary, *,
              address: str | None, gpus_per_shard: float, shard_retries: int,
              on_progress: Callable[[RolloutSummary], None] | None) -> int:
@@ -210,7 +220,7 @@ def _fan_out(parts: list[RolloutPlan], options: ShardOptions, out: _Writer, summ
         batched = 0
         # Ray reruns a shard whose worker died (max_retries); Prefect reruns one that raised
         with remote_options(num_cpus=1, num_gpus=gpus_per_shard, max_retries=shard_retries):
-            futures = [shard_task.submit(i, part, options) for i, part in enumerate(parts)]
+            futures = [shard_task.submit(i, part, _rotated(options, i)) for i, part in enumerate(parts)]
         failed: list[str] = []
         for future in as_completed(futures):
             try:

@@ -424,7 +424,12 @@ class _Slots:
         self.own_pools = pools is None
         n = min(len(pools) if pools else n_workers, max(1, len(jobs)))
         self.pools: list[EnvPool] = list(pools[:n]) if pools else []
-        self._make_pool = partial(EnvPool, 1, env, retries=retries, timeout_s=timeout_s, **dict(env_kwargs or {}))
+        kwargs = dict(env_kwargs or {})
+        # several env servers (base_url a list): slot i plays on server i mod n
+        self._urls = kwargs.pop("base_url", None)
+        if self._urls is not None and not isinstance(self._urls, list | tuple):
+            kwargs["base_url"], self._urls = self._urls, None
+        self._make_pool = partial(EnvPool, 1, env, retries=retries, timeout_s=timeout_s, **kwargs)
         self.timeout_s = timeout_s
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True, name=f"eef-rollout-{i}")
                         for i in range(n)]
@@ -444,7 +449,7 @@ class _Slots:
     def _run(self, index: int) -> None:
         try:
             if self.own_pools:
-                pool = self._make_pool()
+                pool = self._make_pool(**({"base_url": self._urls[index % len(self._urls)]} if self._urls else {}))
                 self.pools.append(pool)
             else:
                 pool = self.pools[index]

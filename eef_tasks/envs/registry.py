@@ -172,11 +172,15 @@ def make_env(name: str = "scienceworld", **kwargs: Any) -> Env:
 
 def env_kwargs(name: str, url: str | None = None) -> dict[str, Any]:
     """The constructor arguments a run passes to its backend: the server URL where it takes one
-    (None: the backend's own default, e.g. $EEF_AGENTGYM_URL)."""
+    (None: the backend's own default, e.g. $EEF_AGENTGYM_URL). Several servers, comma-separated,
+    share a phase's episodes: `base_url` is then their list (rollout slot i plays on server i mod n)."""
     entry = backend(name)
     if url and not entry.takes_url:
         raise EnvError(f"environment {name!r} runs in-process: it takes no server URL")
-    return {"base_url": url} if entry.takes_url and url else {}
+    if not (entry.takes_url and url):
+        return {}
+    urls = [u.strip() for u in url.split(",") if u.strip()]
+    return {"base_url": urls if len(urls) > 1 else urls[0]}
 
 
 def catalog(env: str, split: Split | Sequence[Split] | None = None,

@@ -44,7 +44,7 @@ class RunConfig(BaseModel):
     samples: int = Field(1, ge=1, le=16, description="k: rollouts per training task and iteration (RFT×k)")
     iterations: int = Field(4, ge=0, le=50, description="I: iterations after behaviour cloning")
     env: registry.EnvName = Field("scienceworld", description="a registered environment: scienceworld, webshop, agentgym:webshop, …")
-    env_url: str | None = Field(None, description="server of an environment that has one (agentgym:*; "
+    env_url: str | None = Field(None, description="server of an environment that has one (agentgym:*; several, comma-separated, share the episodes; "
                                                   "default $EEF_AGENTGYM_WEBSHOP_URL for agentgym:webshop, …, then $EEF_AGENTGYM_URL)")
     task_names: list[str] = Field(default_factory=list, description="restrict to these task names, e.g. find-plant; empty = all")
     train_tasks: list[str] = Field(default_factory=list, description="training task ids; empty = train tasks in the store with expert data")
