@@ -358,6 +358,7 @@ def train_adapter(
     if pad_id is None:
         pad_id = 0  # padding is masked out of attention and loss, any id does
 
+    rank, world = init_data_parallel(config.device)
     precision, checkpointing = training_precision(config)
     device = torch.device(precision.device)
     _seed_everything(config.seed)
@@ -389,7 +390,7 @@ def train_adapter(
     rng = random.Random(config.seed)
     losses: list[float] = []
     step = 0
-    with _progress(progress) as bar, lora_compute(model, precision):
+    with _progress(progress and rank == 0) as bar, lora_compute(model, precision):
         task = bar.add_task(f"{run_id} {method} it{iteration}", total=total_steps, loss="-")
         for epoch in range(config.epochs):
             batches = length_grouped_batches(lengths, config.micro_batch, config.megabatch, rng)
@@ -399,11 +400,13 @@ def train_adapter(
                 group = batches[g : g + config.accumulation_steps]
                 n_tokens = sum(_n_loss_tokens(encoded[i]) for b in group for i in b)
                 total = 0.0
-                for b in group:
+                for b in group[rank::world]:  # data parallel: each process its share of the step's micro-batches
                     with precision.autocast():
                         loss = _summed_loss(model, collate([encoded[i] for i in b], pad_id), device) / n_tokens
                     loss.backward()
                     total += float(loss.detach())
+                if world > 1:
+                    total = _sum_across_processes(params, total, device)
                 if config.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
@@ -442,8 +445,46 @@ def train_adapter(
         ],
         "skipped": skipped,
     }
-    write_adapter(out_dir, model, tokenizer, record, overwrite=overwrite)
+    if world > 1:
+        record["data_parallel"] = {"processes": world, "backend": torch.distributed.get_backend()}
+    if rank == 0:
+        write_adapter(out_dir, model, tokenizer, record, overwrite=overwrite)
+    if world > 1:
+        torch.distributed.barrier()  # the adapter is on disk before any process returns
     return info
+
+
+def init_data_parallel(device: str | None = None) -> tuple[int, int]:
+    """(rank, world size). Under `accelerate launch` or `torchrun` (WORLD_SIZE > 1) joins the
+    process group: gloo on CPU, NCCL on CUDA, each process on its own GPU (LOCAL_RANK)."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    cuda = torch.cuda.is_available() and device in (None, "cuda") or (device or "").startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _sum_across_processes(params: list[Any], total: float, device: Any) -> float:
+    """Sum the trainable parameters' gradients (and the step's loss) over the processes: each
+    process holds the sum over its micro-batches, already divided by the step's token count, so
+    the sum is exactly the single-process gradient of the same step."""
+    import torch
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:  # this process had no micro-batch in this step
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+    loss = torch.tensor([total], dtype=torch.float64, device=device)
+    dist.all_reduce(loss, op=dist.ReduceOp.SUM)
+    return float(loss.item())
 
 
 def write_adapter(out_dir: Path, model: Any, tokenizer: Any, record: dict, *, overwrite: bool) -> None:
