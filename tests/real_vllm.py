@@ -37,7 +37,7 @@ def real_vllm_venv() -> Path:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.is_file() else ""
             pytest.fail(f"`make vllm` failed (exit status {rc}); {log}:\n{tail}")
     if not installed(venv):
-        pytest.skip(f"no real vLLM: {venv} has no {MARKER} (run `make vllm`, or `make test`, which installs it)")
+        pytest.skip(f"no real vLLM: {venv} has no {MARKER} (run `make vllm`, or `make test EEF_TEST_VLLM=1`, which installs it)")
     return venv
 
 
