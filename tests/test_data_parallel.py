@@ -17,7 +17,11 @@ pytest.importorskip("accelerate")
 from eef_tasks.training import TrainConfig, read_train_record  # noqa: E402
 from test_training import RUN, db  # noqa: E402,F401  (the module's store fixture)
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+# Opt-in (EEF_TEST_DATA_PARALLEL=1): three trainings in fresh processes, ~1-2.5 min on 2 cores, which
+# the CI budget (30 min for the whole suite) does not leave room for.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900),
+              pytest.mark.skipif(__import__("os").environ.get("EEF_TEST_DATA_PARALLEL") != "1",
+                                 reason="opt-in (EEF_TEST_DATA_PARALLEL=1): over the CI budget")]
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).with_name("accelerate")
