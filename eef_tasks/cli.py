@@ -686,23 +686,116 @@ def compare(
     run: Annotated[list[str] | None, typer.Option("--run", help="only this run (repeatable; default: every run)")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="also write the win-rate plot to FILE.png or FILE.svg")] = None,
     fmt: Annotated[CompareFormat, typer.Option("--format")] = CompareFormat.table,
+    totals: Annotated[bool, typer.Option("--totals", help="one row per run: its whole budget (view run_budget)")] = False,
+    group: Annotated[str | None, typer.Option(
+        "--group", help="the seeded experiment NAME (runs NAME-<method>-s<seed>): per method over seeds, "
+                        "EEF minus each baseline with a 95 % bootstrap interval")] = None,
+    results: Annotated[Path | None, typer.Option(
+        "--out", help="with --group: also write the results folder (results.csv, differences.csv, results.md, win_rates.png)")] = None,
 ) -> None:
     """Compare runs (methods x iterations): training sets, rollouts spent, eval win rate and reward."""
     from eef_tasks import report  # polars loads only for the commands that use it
 
+    if group is not None:
+        if run or plot or totals:
+            raise store.StoreError("--group reads its own runs: no --run, --plot or --totals with it")
+        _compare_group(db, group, fmt, results)
+        return
+    if results is not None:
+        raise store.StoreError("--out writes a group's results folder: give --group NAME")
     if plot is not None:
         report.check_plot_path(plot)
-    frame = report.comparison(db, run or None)
+    frame = report.run_totals(db, run or None) if totals else report.comparison(db, run or None)
     if frame.is_empty():
         raise store.StoreError(f"nothing to compare in {db}: no run has policy trajectories or training examples yet")
     if fmt is CompareFormat.csv:
         sys.stdout.write(frame.write_csv())
     elif fmt is CompareFormat.json:
         sys.stdout.write(json_text(frame.to_dicts(), indent=1) + "\n")
+    elif totals:
+        _print_frame(frame, "Budget per run (view run_budget)")
     else:
         _print_comparison(frame, "Runs by iteration (win rates in %; eval split: dev, else test)")
+        _print_frame(report.run_totals(db, run or None), "Budget per run (view run_budget)")
     if plot is not None:
-        err.print(f"wrote {report.win_rate_plot(frame, plot)}")
+        err.print(f"wrote {report.win_rate_plot(report.comparison(db, run or None), plot)}")
+
+
+def _print_frame(frame, title: str) -> None:
+    """A frame as a table, numbers as they are ('-' for none)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(column, justify="right" if frame[column].dtype.is_numeric() else "left")
+    for row in frame.iter_rows():
+        table.add_row(*(escape("-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row))
+    natural = Console(width=10_000).measure(table).maximum
+    Console(highlight=False, width=max(natural, shutil.get_terminal_size((160, 24)).columns)).print(table)
+
+
+def _compare_group(db: Path, name: str, fmt: CompareFormat, results: Path | None) -> None:
+    from eef_tasks import experiment
+
+    result = experiment.group_report(db, name)
+    if fmt is CompareFormat.csv:
+        sys.stdout.write(result.runs.write_csv() + "\n" + result.differences.write_csv())
+    elif fmt is CompareFormat.json:
+        sys.stdout.write(json_text({"runs": result.runs.to_dicts(), "methods": result.methods.to_dicts(),
+                                    "differences": result.differences.to_dicts()}, indent=1) + "\n")
+    else:
+        percent = ("dev_win_rate", "test_win_rate", "test_win_rate_sd", "difference", "ci_low", "ci_high")
+        import polars as pl
+
+        def shown(frame):
+            return frame.with_columns([(100 * pl.col(c)).round(1) for c in percent if c in frame.columns])
+
+        _print_frame(shown(result.methods.with_columns(pl.col("seeds").list.eval(pl.element().cast(pl.String))
+                                                      .list.join(","))),
+                     f"{name}: per method, mean over seeds (test win rate at the dev-chosen iteration, %)")
+        _print_frame(shown(result.differences),
+                     f"EEF minus each baseline (percentage points; 95 % paired bootstrap over seeds and tasks, "
+                     f"{result.n_boot} replicates, seed {result.rng_seed})")
+        _print_frame(shown(result.runs), "runs")
+    if results is not None:
+        err.print(f"wrote {experiment.write_results(result, results)}")
+
+
+@app.command("experiment")
+@user_errors
+def experiment_cmd(
+    preset: Annotated[str, typer.Option("--preset", help="a recipe of eef_tasks/pipeline/presets/: " + presets.describe())] = "cpu",
+    db: DbOption = store.DEFAULT_DB,
+    name: Annotated[str | None, typer.Option("--name", help="runs are NAME-eef-s<seed>, NAME-rft-s<seed>, NAME-rftk-s<seed> (default: the preset)")] = None,
+    seeds: Annotated[str, typer.Option("--seeds", help="comma-separated seeds")] = "0,1,2",
+    rft_k: Annotated[int | None, typer.Option("--rft-k", help="k of RFT×k (default: EEF's episodes per iteration / training tasks)")] = None,
+    expert: Annotated[str, typer.Option("--expert", help="collect synthetic|gold expert data first, or none")] = "synthetic",
+    settings: Annotated[list[str] | None, typer.Option("--set", help="override a run setting: KEY=VALUE (JSON), e.g. iterations=2")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="the results folder (default results/NAME)")] = None,
+) -> None:
+    """EEF vs RFT vs RFT×k for several seeds at equal rollout budgets (Prefect flow `seeds`), then the
+    results folder: per method test win rates at the dev-chosen iteration, bootstrap intervals, budgets."""
+    from flows.local_server import temporary_server  # Prefect loads only for the flow commands
+    from flows.seeds import SeedsParams, seed_overrides, seeds_flow
+
+    from eef_tasks.pipeline import preset_config
+
+    if expert not in ("synthetic", "gold", "none"):
+        raise store.StoreError("--expert must be synthetic, gold or none")
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise store.StoreError(f"--seeds expects comma-separated integers, not {seeds!r}") from None
+    name = name or preset
+    overrides = _overrides(settings)
+    params = _validated(SeedsParams, dict(
+        db=str(db), preset=preset, name=name, seeds=seed_list, rft_k=rft_k, expert=expert, overrides=overrides,
+        out_dir=str(out_dir) if out_dir else None, command="eef " + " ".join(sys.argv[1:])), "experiment settings")
+    preset_config(preset, f"{name}-eef-s{seed_list[0]}", "eef", **seed_overrides(preset, overrides, seed_list[0]))
+    with temporary_server():
+        result = seeds_flow(params)
+    _compare_group(db, name, CompareFormat.table, None)
+    out.print(f"results: {escape(result['results'])} (k = {result['k']})")
 
 
 @app.command()

@@ -4,7 +4,8 @@ Plain functions over the store, used by `eef compare` and by the flows' Prefect 
 - `comparison(db, run_ids)`: the view's rows as a polars frame, one row per (run, iteration);
 - `comparison_markdown(df)`: the same as a markdown table;
 - `win_rate_plot(db_or_df, path)`: win rate and mean reward per iteration, one line per run;
-- `best_iteration(df, run_id)`: the reported model, the best iteration on the dev split.
+- `best_iteration(df, run_id)`: the reported model, the best iteration on the dev split;
+- `run_totals(db, run_ids)`: the view `run_budget`, what each run spent in all.
 
 What the columns mean, and how several eval samples of one task are counted, is written in the
 header of `sql/views/80_run_comparison.sql`.
@@ -25,12 +26,31 @@ from eef_tasks.store import StoreError
 VIEW = "80_run_comparison"
 PLOT_FORMATS = {".png": "png", ".svg": "svg"}
 
-_QUERY = """
+# the iteration's budget (view iteration_budget) after run_comparison's columns
+BUDGET_COLUMNS = (
+    "rollout_episodes", "rollout_env_steps", "rollout_generated_tokens", "rollout_wall_s",
+    "eval_episodes", "train_supervised_tokens", "train_wall_s", "wall_s",
+)
+
+_QUERY = f"""
+SELECT
+    comparison.*,
+    {", ".join(f"spent.{column}" for column in BUDGET_COLUMNS)}
+FROM run_comparison AS comparison
+LEFT JOIN iteration_budget AS spent
+    ON  spent.run_id = comparison.run_id
+    AND spent.iteration = comparison.iteration
+WHERE $run_ids::VARCHAR[] IS NULL
+   OR list_contains($run_ids::VARCHAR[], comparison.run_id)
+ORDER BY comparison.run_id, comparison.iteration
+"""
+
+_TOTALS_QUERY = """
 SELECT *
-FROM run_comparison
+FROM run_budget
 WHERE $run_ids::VARCHAR[] IS NULL
    OR list_contains($run_ids::VARCHAR[], run_id)
-ORDER BY run_id, iteration
+ORDER BY run_id
 """
 
 
@@ -42,21 +62,33 @@ def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: dict) -> pl.DataFra
         return pl.from_arrow(con.execute(sql, params).fetch_arrow_table())
 
 
+def query_frame(db: str | Path, sql: str, params: dict) -> pl.DataFrame:
+    """A query over the store's views; a store whose views are older than this eef is migrated
+    first (briefly taking the write lock), otherwise the store is only read."""
+    with store.reader(db) as con:
+        todo, stale = store.pending(con)
+        frame = None if (todo or stale) else _frame(con, sql, params)
+    if frame is None:
+        with store.writer(db) as con:  # migrates, then reads
+            frame = _frame(con, sql, params)
+    return frame
+
+
+def run_totals(db: str | Path, run_ids: Sequence[str] | None = None) -> pl.DataFrame:
+    """One row per run of the view `run_budget` (what the whole run spent), ordered by run."""
+    return query_frame(db, _TOTALS_QUERY, {"run_ids": list(dict.fromkeys(run_ids)) if run_ids else None})
+
+
 def comparison(db: str | Path, run_ids: Sequence[str] | None = None) -> pl.DataFrame:
-    """One row per (run_id, iteration) of `run_comparison`, ordered by run and iteration.
+    """One row per (run_id, iteration) of `run_comparison`, ordered by run and iteration, with the
+    iteration's budget (BUDGET_COLUMNS of the view iteration_budget) after the view's columns.
 
     `run_ids` keeps only those runs; a run with no iterations in the store is an error that names
     the runs there are. A store whose views are older than this eef is migrated first (briefly
     taking the write lock); otherwise the store is only read.
     """
     run_ids = list(dict.fromkeys(run_ids)) if run_ids else None
-    params = {"run_ids": run_ids}
-    with store.reader(db) as con:
-        todo, stale = store.pending(con)
-        frame = None if (todo or stale) else _frame(con, _QUERY, params)
-    if frame is None:
-        with store.writer(db) as con:  # migrates, then reads
-            frame = _frame(con, _QUERY, params)
+    frame = query_frame(db, _QUERY, {"run_ids": run_ids})
     if run_ids:
         found = set(frame["run_id"].to_list())
         missing = [run for run in run_ids if run not in found]
@@ -87,6 +119,10 @@ def _reward(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
+def _seconds(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.0f}"
+
+
 def _iteration(value) -> str:
     return "0 (BC)" if value == 0 else str(value)
 
@@ -109,6 +145,13 @@ DISPLAY: list[tuple[str, str, Callable[[object], str]]] = [
     ("n_eval_tasks", "eval tasks", _count),
     ("win_rate", "win rate %", _percent),
     ("mean_reward", "mean reward", _reward),
+    # the iteration's budget (view iteration_budget): rollouts are explore + simulate
+    ("rollout_episodes", "rollout episodes", _count),
+    ("rollout_env_steps", "rollout env steps", _count),
+    ("rollout_generated_tokens", "rollout gen tokens", _count),
+    ("rollout_wall_s", "rollout s", _seconds),
+    ("train_supervised_tokens", "train tokens", _count),
+    ("wall_s", "wall s", _seconds),
 ]
 
 

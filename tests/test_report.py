@@ -148,7 +148,7 @@ def assert_close(got, want, where):
 
 def test_view_matches_hand_computed_values(two_runs):
     df = report.comparison(two_runs)
-    assert df.columns == ["run_id", "iteration", *VALUE_COLUMNS, *ADDED_COLUMNS]
+    assert df.columns == ["run_id", "iteration", *VALUE_COLUMNS, *ADDED_COLUMNS, *report.BUDGET_COLUMNS]
     assert df.select(*ADDED_COLUMNS).unique().rows() == [tuple(ADDED_COLUMNS.values())]
     keys = [(r, i) for r, i in df.select("run_id", "iteration").iter_rows()]
     assert keys == sorted(EXPECTED), "one row per (run, iteration), ordered"
@@ -156,6 +156,22 @@ def test_view_matches_hand_computed_values(two_runs):
         want = dict(zip(VALUE_COLUMNS, EXPECTED[(row["run_id"], row["iteration"])], strict=True))
         for column, value in want.items():
             assert_close(row[column], value, f"{row['run_id']} it{row['iteration']} {column}")
+
+
+def test_budget_columns_per_iteration(two_runs):
+    """iteration_budget's columns beside each iteration (this store has no run_phases rows: no
+    phase finished, so no wall times, and no token counts in meta)."""
+    df = report.comparison(two_runs).select("run_id", "iteration", "rollout_episodes", "rollout_env_steps",
+                                            "eval_episodes", "rollout_generated_tokens", "wall_s")
+    got = {(r, i): rest for r, i, *rest in df.iter_rows()}
+    # eef-run it1: explore t1, t2 (3 steps each), simulations from s2 (2 + 2) and s4 (4 + 2): 16
+    # steps in 4 episodes; 3 eval episodes (d1 twice, d2)
+    assert got[("eef-run", 1)] == [4, 16, 3, None, None]
+    assert got[("eef-run", 2)] == [4, 16, 1, None, None]
+    assert got[("eef-run", 0)] == [0, 0, 3, None, None]
+    assert got[("rft-run", 1)] == [2, 6, 2, None, None]
+    # rft-run it0: only bc examples, nothing spent and no budget row at all
+    assert got[("rft-run", 0)] == [None, None, None, None, None]
 
 
 def test_iteration_zero_rows_come_from_bc_examples_or_eval(two_runs):

@@ -50,6 +50,7 @@ def register_run(db: str | Path, config: RunConfig) -> RunConfig:
         resolved = config.model_copy(update={
             "train_tasks": _train_tasks(con, config),
             "eval_tasks": _eval_tasks(config),
+            "report_tasks": _report_tasks(config),
         })
         if not resolved.train_tasks:
             raise PipelineError(
@@ -100,6 +101,18 @@ def _eval_tasks(config: RunConfig) -> list[str]:
         return registry.eval_tasks(config.env, config.eval_split, config.task_names, config.eval_limit)
     except EnvError as exc:
         raise PipelineError(str(exc)) from None
+
+
+def _report_tasks(config: RunConfig) -> list[str]:
+    """The tasks of report_split (none without one): the given ones, else the catalog's, eval_limit of them."""
+    if config.report_split is None:
+        return []
+    tasks = _eval_tasks(config.model_copy(update={"eval_split": config.report_split,
+                                                  "eval_tasks": config.report_tasks}))
+    if not tasks:
+        raise PipelineError(f"no {config.report_split} tasks to report on"
+                            + (f" named {', '.join(config.task_names)}" if config.task_names else ""))
+    return tasks
 
 
 def load_run(db: str | Path, run_id: str) -> RunConfig:

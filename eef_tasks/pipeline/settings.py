@@ -52,6 +52,11 @@ class RunConfig(BaseModel):
     eval_split: Literal["dev", "test"] = Field("dev", description="split the adapters are evaluated on")
     eval_tasks: list[str] = Field(default_factory=list, description="evaluation task ids; empty = the catalog's eval_split")
     eval_limit: int | None = Field(None, ge=1, description="at most this many evaluation tasks")
+    report_split: Literal["dev", "test"] | None = Field(
+        None, description="also evaluate every iteration's adapter on this split (eval_split chooses the "
+                          "iteration, this one reports it: dev and test); empty = eval_split only")
+    report_tasks: list[str] = Field(default_factory=list, description="report_split's task ids; empty = the "
+                                                                      "catalog's report_split, eval_limit of them")
     base_model: str | None = Field(None, description="local path or hub id; None = SmolLM2-135M-Instruct")
     bc_adapter: str | None = Field(None, description="use this behaviour-cloning adapter instead of training one")
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -81,6 +86,8 @@ class RunConfig(BaseModel):
                              "n_sims and iterations must be 0")
         if self.method in OFFLINE_METHODS and self.bc_adapter:
             raise ValueError(f"{self.method} trains its own iteration-0 adapter from the base model: no bc_adapter")
+        if self.report_split is not None and self.report_split == self.eval_split:
+            raise ValueError(f"report_split {self.report_split!r} is eval_split already: leave it empty or use the other split")
         if self.search == "binary":
             if self.method != "eef" or self.n_sims != 0:
                 raise ValueError("search='binary' is an eef option that picks its own states: method 'eef', n_sims 0")
