@@ -729,7 +729,8 @@ def _print_frame(frame, title: str) -> None:
     for column in frame.columns:
         table.add_column(column, justify="right" if frame[column].dtype.is_numeric() else "left")
     for row in frame.iter_rows():
-        table.add_row(*(escape("-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row))
+        table.add_row(*(escape("-" if v is None else f"{v:.3f}".rstrip("0").rstrip(".") if isinstance(v, float)
+                               else str(v)) for v in row))
     natural = Console(width=10_000).measure(table).maximum
     Console(highlight=False, width=max(natural, shutil.get_terminal_size((160, 24)).columns)).print(table)
 
@@ -744,19 +745,8 @@ def _compare_group(db: Path, name: str, fmt: CompareFormat, results: Path | None
         sys.stdout.write(json_text({"runs": result.runs.to_dicts(), "methods": result.methods.to_dicts(),
                                     "differences": result.differences.to_dicts()}, indent=1) + "\n")
     else:
-        percent = ("dev_win_rate", "test_win_rate", "test_win_rate_sd", "difference", "ci_low", "ci_high")
-        import polars as pl
-
-        def shown(frame):
-            return frame.with_columns([(100 * pl.col(c)).round(1) for c in percent if c in frame.columns])
-
-        _print_frame(shown(result.methods.with_columns(pl.col("seeds").list.eval(pl.element().cast(pl.String))
-                                                      .list.join(","))),
-                     f"{name}: per method, mean over seeds (test win rate at the dev-chosen iteration, %)")
-        _print_frame(shown(result.differences),
-                     f"EEF minus each baseline (percentage points; 95 % paired bootstrap over seeds and tasks, "
-                     f"{result.n_boot} replicates, seed {result.rng_seed})")
-        _print_frame(shown(result.runs), "runs")
+        for title, frame in experiment.display_frames(result):
+            _print_frame(frame, title)
     if results is not None:
         err.print(f"wrote {experiment.write_results(result, results)}")
 

@@ -180,12 +180,12 @@ def paired_bootstrap(differences: np.ndarray, n_boot: int = BOOTSTRAP_REPLICATES
     rng = np.random.default_rng(rng_seed)
     seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
     tasks = rng.integers(0, n_tasks, size=(n_boot, n_tasks))
-    # a replicate's mean over its drawn grid: draw counts as weights, seeds x d x tasks
-    seed_w = np.zeros((n_boot, n_seeds))
-    np.add.at(seed_w, (np.arange(n_boot)[:, None], seeds), 1.0 / n_seeds)
-    task_w = np.zeros((n_boot, n_tasks))
-    np.add.at(task_w, (np.arange(n_boot)[:, None], tasks), 1.0 / n_tasks)
-    stats = np.einsum("bs,st,bt->b", seed_w, d, task_w)
+    # a replicate's mean over its drawn grid: how often each seed and task was drawn, as weights
+    seed_counts = np.zeros((n_boot, n_seeds))
+    np.add.at(seed_counts, (np.arange(n_boot)[:, None], seeds), 1.0)
+    task_counts = np.zeros((n_boot, n_tasks))
+    np.add.at(task_counts, (np.arange(n_boot)[:, None], tasks), 1.0)
+    stats = np.einsum("bs,st,bt->b", seed_counts, d, task_counts) / (n_seeds * n_tasks)
     low, high = np.quantile(stats, [0.025, 0.975])
     return Interval(float(d.mean()), float(low), float(high))
 
@@ -300,6 +300,25 @@ def verdict(interval: Interval) -> str:
     if interval.high < 0:
         return "EEF lower (interval below 0)"
     return "no difference shown (interval contains 0)"
+
+
+def display_frames(result: GroupReport) -> list[tuple[str, pl.DataFrame]]:
+    """(title, frame) of the methods, the differences and the runs as `eef compare --group` prints
+    them: win rates and differences in % (percentage points), rounded to 0.1."""
+    percent = (f"{CHOOSE_SPLIT}_win_rate", f"{REPORT_SPLIT}_win_rate", f"{REPORT_SPLIT}_win_rate_sd",
+               "difference", "ci_low", "ci_high")
+
+    def shown(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.with_columns([(pl.col(c) * 100).round(1) for c in percent if c in frame.columns])
+
+    methods = result.methods.with_columns(pl.col("seeds").list.eval(pl.element().cast(pl.String)).list.join(","))
+    return [
+        (f"{result.name}: per method, mean over seeds ({REPORT_SPLIT} win rate at the {CHOOSE_SPLIT}-chosen "
+         "iteration, %)", shown(methods)),
+        (f"EEF minus each baseline (percentage points; 95 % paired bootstrap over seeds and tasks, "
+         f"{result.n_boot} replicates, RNG seed {result.rng_seed})", shown(result.differences)),
+        ("runs", shown(result.runs)),
+    ]
 
 
 # --- the results folder --------------------------------------------------------------------------

@@ -25,8 +25,16 @@ def _policy(run: str, it: int, purpose: str, task: str, n: int, tokens: tuple[in
     )
 
 
-def test_budget_rows_by_run_iteration_and_phase(tmp_path) -> None:
-    db = tmp_path / "eef.duckdb"
+def _phase_rows(con, phases) -> None:
+    for run, it, phase, summary in phases:
+        con.execute("""INSERT INTO run_phases (run_id, iteration, phase, started_at, summary)
+                       VALUES ($r, $i, $p, current_timestamp, $s)""",
+                    {"r": run, "i": it, "p": phase, "s": json.dumps(summary)})
+
+
+def build_budget_store(db):
+    """Two runs: r-eef (BC trained, iteration 1 explored twice from t1, simulated once from s_2 of
+    e1, evaluated once; its simulate phase killed) and r-rft (one explore rollout, no tokens)."""
     con = open_store(db)
     try:
         con.execute("""INSERT INTO runs (run_id, n_sims, method) VALUES ('r-eef', 2, 'eef'), ('r-rft', 0, 'rft')""")
@@ -47,13 +55,14 @@ def test_budget_rows_by_run_iteration_and_phase(tmp_path) -> None:
             ("r-eef", 1, "evaluate", {"wall_s": 3.0}),
             # r-eef iteration 1 simulate was killed: trajectories stored, no run_phases row
         ]
-        for run, it, phase, summary in phases:
-            con.execute("""INSERT INTO run_phases (run_id, iteration, phase, started_at, summary)
-                           VALUES ($r, $i, $p, current_timestamp, $s)""",
-                        {"r": run, "i": it, "p": phase, "s": json.dumps(summary)})
+        _phase_rows(con, phases)
     finally:
         con.close()
+    return db
 
+
+def test_budget_rows_by_run_iteration_and_phase(tmp_path) -> None:
+    db = build_budget_store(tmp_path / "eef.duckdb")
     with store.reader(db) as con:
         cols = ["run_id", "method", "iteration", "phase", "finished", "episodes", "env_steps", "policy_steps",
                 "prompt_tokens", "prefill_tokens", "generated_tokens", "train_examples",
@@ -68,3 +77,56 @@ def test_budget_rows_by_run_iteration_and_phase(tmp_path) -> None:
         ("r-rft", "rft", 1, "explore", False, 1, 6, 6, None, None, None, None, None, None, None),
     ]
     assert got == [dict(zip(cols, e)) for e in expected]
+
+
+ITERATION_COLUMNS = ["run_id", "method", "iteration", "explore_episodes", "simulate_episodes", "rollout_episodes",
+                     "rollout_env_steps", "rollout_policy_steps", "rollout_prompt_tokens", "rollout_generated_tokens",
+                     "rollout_wall_s", "eval_episodes", "eval_env_steps", "eval_generated_tokens", "eval_wall_s",
+                     "train_examples", "train_supervised_tokens", "train_optimizer_steps", "train_wall_s", "wall_s",
+                     "finished"]
+
+
+def _rows(db, sql: str, cols: list[str]) -> list[dict]:
+    with store.reader(db) as con:
+        return [dict(zip(cols, r)) for r in con.execute(sql).fetchall()]
+
+
+def test_iteration_budget_sums_the_phases_of_an_iteration(tmp_path) -> None:
+    db = build_budget_store(tmp_path / "eef.duckdb")
+    query = f"SELECT {', '.join(ITERATION_COLUMNS)} FROM iteration_budget ORDER BY run_id, iteration"
+    expected = [
+        # BC: training only, finished
+        ("r-eef", "eef", 0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0, 0, 0, None, 7, 900, 2, 40.5, 40.5, True),
+        # explore 2 episodes (3 + 4 steps, 27 tokens) + 1 simulation (5 steps, 3 the policy's, 20 tokens);
+        # the simulate phase has not finished: no rollout or iteration wall time yet
+        ("r-eef", "eef", 1, 2, 1, 3, 12, 10, 520, 47, None, 1, 2, 8, 3.0, None, None, None, None, None, False),
+        # no token counts recorded: NULL, not 0
+        ("r-rft", "rft", 1, 1, 0, 1, 6, 6, None, None, None, 0, 0, 0, None, None, None, None, None, None, False),
+    ]
+    assert _rows(db, query, ITERATION_COLUMNS) == [dict(zip(ITERATION_COLUMNS, e)) for e in expected]
+
+    # the simulate phase finishes (12 s): the iteration's rollout and total wall times appear
+    con = store.connect(db)
+    try:
+        _phase_rows(con, [("r-eef", 1, "simulate", {"wall_s": 12.0}), ("r-eef", 1, "select", {"wall_s": 0.5}),
+                          ("r-eef", 1, "train", {"wall_s": 30.0, "n_examples": 2, "n_supervised_tokens": 80,
+                                                 "n_optimizer_steps": 1})])
+    finally:
+        con.close()
+    got = _rows(db, "SELECT rollout_wall_s, train_wall_s, wall_s, finished FROM iteration_budget "
+                    "WHERE run_id = 'r-eef' AND iteration = 1", ["rollout_wall_s", "train_wall_s", "wall_s", "finished"])
+    assert got == [{"rollout_wall_s": 24.25, "train_wall_s": 30.0, "wall_s": 12.25 + 12.0 + 0.5 + 30.0 + 3.0,
+                    "finished": True}]
+
+
+def test_run_budget_totals(tmp_path) -> None:
+    db = build_budget_store(tmp_path / "eef.duckdb")
+    cols = ["run_id", "method", "n_iterations", "rollout_episodes_per_iteration", "rollout_episodes",
+            "rollout_env_steps", "rollout_generated_tokens", "eval_episodes", "train_supervised_tokens",
+            "train_wall_s", "wall_s", "finished"]
+    got = _rows(db, f"SELECT {', '.join(cols)} FROM run_budget ORDER BY run_id", cols)
+    assert got == [dict(zip(cols, e)) for e in [
+        # iteration 1 unfinished: no run wall time; BC's training counted
+        ("r-eef", "eef", 1, 3.0, 3, 12, 47, 1, 900, 40.5, None, False),
+        ("r-rft", "rft", 1, 1.0, 1, 6, None, 0, None, None, None, False),
+    ]]

@@ -15,11 +15,12 @@
 --   rollout_policy_steps   the policy's own actions in them (n_steps - branch_step)
 --   rollout_prompt_tokens, rollout_generated_tokens
 --                          prompt tokens read and tokens generated over those rollouts' model calls
---                          (NULL when no rollout of the iteration recorded the count)
+--                          (0 without rollouts; NULL when none of them recorded the count)
 --   rollout_wall_s         wall time of the explore and simulate phases; NULL while one of them that
 --                          has episodes has not finished
 --   eval_episodes, eval_env_steps, eval_generated_tokens, eval_wall_s
---                          the same for the evaluate phase (every split it evaluated on)
+--                          the same for the evaluate phase (every split it evaluated on; eval_wall_s
+--                          NULL until it has finished)
 --   train_examples, train_supervised_tokens, train_optimizer_steps, train_wall_s
 --                          the train phase: examples, tokens that got loss, optimizer steps, wall time
 --                          (NULL when it has not finished, or reused another run's adapter)
@@ -43,13 +44,16 @@ SELECT
     coalesce(sum(episodes) FILTER (WHERE is_rollout), 0)::BIGINT AS rollout_episodes,
     coalesce(sum(env_steps) FILTER (WHERE is_rollout), 0)::BIGINT AS rollout_env_steps,
     coalesce(sum(policy_steps) FILTER (WHERE is_rollout), 0)::BIGINT AS rollout_policy_steps,
-    sum(prompt_tokens) FILTER (WHERE is_rollout)::BIGINT AS rollout_prompt_tokens,
-    sum(generated_tokens) FILTER (WHERE is_rollout)::BIGINT AS rollout_generated_tokens,
+    CASE WHEN count(*) FILTER (WHERE is_rollout) = 0 THEN 0
+         ELSE sum(prompt_tokens) FILTER (WHERE is_rollout) END::BIGINT AS rollout_prompt_tokens,
+    CASE WHEN count(*) FILTER (WHERE is_rollout) = 0 THEN 0
+         ELSE sum(generated_tokens) FILTER (WHERE is_rollout) END::BIGINT AS rollout_generated_tokens,
     CASE WHEN coalesce(bool_and(finished) FILTER (WHERE is_rollout), true)
          THEN coalesce(sum(wall_s) FILTER (WHERE is_rollout), 0) END AS rollout_wall_s,
     coalesce(sum(episodes) FILTER (WHERE phase = 'evaluate'), 0)::BIGINT AS eval_episodes,
     coalesce(sum(env_steps) FILTER (WHERE phase = 'evaluate'), 0)::BIGINT AS eval_env_steps,
-    sum(generated_tokens) FILTER (WHERE phase = 'evaluate')::BIGINT AS eval_generated_tokens,
+    CASE WHEN count(*) FILTER (WHERE phase = 'evaluate') = 0 THEN 0
+         ELSE sum(generated_tokens) FILTER (WHERE phase = 'evaluate') END::BIGINT AS eval_generated_tokens,
     sum(wall_s) FILTER (WHERE phase = 'evaluate' AND finished) AS eval_wall_s,
     sum(train_examples) FILTER (WHERE phase = 'train')::BIGINT AS train_examples,
     sum(train_supervised_tokens) FILTER (WHERE phase = 'train')::BIGINT AS train_supervised_tokens,

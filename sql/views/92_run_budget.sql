@@ -10,8 +10,8 @@
 --   rollout_episodes, rollout_env_steps, rollout_policy_steps, rollout_prompt_tokens,
 --   rollout_generated_tokens, eval_episodes, eval_env_steps, eval_generated_tokens,
 --   train_examples, train_supervised_tokens, train_optimizer_steps
---                          sums over every iteration, behaviour cloning included (NULLs skipped: a
---                          token sum covers the rollouts that recorded tokens)
+--                          sums over every iteration, behaviour cloning included (a token sum covers
+--                          the iterations that recorded tokens; NULL when none with episodes did)
 --   rollout_wall_s, eval_wall_s, train_wall_s, wall_s
 --                          sums of the finished phases' wall times; wall_s is NULL while an
 --                          iteration has an unfinished phase
@@ -27,12 +27,15 @@ SELECT
     sum(rollout_episodes)::BIGINT AS rollout_episodes,
     sum(rollout_env_steps)::BIGINT AS rollout_env_steps,
     sum(rollout_policy_steps)::BIGINT AS rollout_policy_steps,
-    sum(rollout_prompt_tokens)::BIGINT AS rollout_prompt_tokens,
-    sum(rollout_generated_tokens)::BIGINT AS rollout_generated_tokens,
+    CASE WHEN sum(rollout_episodes) = 0 THEN 0
+         ELSE sum(rollout_prompt_tokens) FILTER (WHERE rollout_episodes > 0) END::BIGINT AS rollout_prompt_tokens,
+    CASE WHEN sum(rollout_episodes) = 0 THEN 0
+         ELSE sum(rollout_generated_tokens) FILTER (WHERE rollout_episodes > 0) END::BIGINT AS rollout_generated_tokens,
     sum(rollout_wall_s) AS rollout_wall_s,
     sum(eval_episodes)::BIGINT AS eval_episodes,
     sum(eval_env_steps)::BIGINT AS eval_env_steps,
-    sum(eval_generated_tokens)::BIGINT AS eval_generated_tokens,
+    CASE WHEN sum(eval_episodes) = 0 THEN 0
+         ELSE sum(eval_generated_tokens) FILTER (WHERE eval_episodes > 0) END::BIGINT AS eval_generated_tokens,
     sum(eval_wall_s) AS eval_wall_s,
     sum(train_examples)::BIGINT AS train_examples,
     sum(train_supervised_tokens)::BIGINT AS train_supervised_tokens,
