@@ -305,12 +305,12 @@ def experiment_flow(params: ExperimentParams = ExperimentParams()) -> dict:
         params.preset, f"{params.name}-rft", "rft",
         **{**params.overrides, "samples": params.rft_samples,
            "bc_adapter": str(pipeline.adapter_dir(eef, 0)), "train_tasks": eef.train_tasks,
-           "eval_tasks": eef.eval_tasks},
+           "eval_tasks": eef.eval_tasks, "report_tasks": eef.report_tasks},
     )
     eef_flow(RunParams(db=params.db, run=eef_config))
     rft_flow(RFTParams(db=params.db, run=rft_config))
     run_ids = [eef.run_id, rft_config.run_id]
-    same_tasks = {"train_tasks": eef.train_tasks, "eval_tasks": eef.eval_tasks}
+    same_tasks = {"train_tasks": eef.train_tasks, "eval_tasks": eef.eval_tasks, "report_tasks": eef.report_tasks}
     for extra in params.extra_runs:
         if extra == "eef-binary":
             config = pipeline.preset_config(params.preset, f"{params.name}-{extra}", "eef", **{
