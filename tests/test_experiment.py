@@ -1,5 +1,5 @@
 """The seeded experiment's machinery (eef_tasks/experiment.py) on hand-built stores, no model: k of
-RFT×k, the paired bootstrap, the view eval_outcomes (a reused BC adapter's evaluation borrowed),
+RFT×k, the paired bootstrap (worked examples and properties), the view eval_outcomes (a reused BC adapter's evaluation borrowed),
 the group report (dev chooses, test reports), the results folder, and `eef compare --group`
 through the real script."""
 
@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from eef_tasks import experiment, store
 from eef_tasks.store import StoreError
@@ -253,3 +256,30 @@ def test_cli_compare_group_table_json_and_results(group_db, tmp_path):
     totals = list(csv.DictReader(io.StringIO(eef("compare", "--db", group_db, "--totals", "--format", "csv").stdout)))
     assert [(t["run_id"], t["rollout_episodes"]) for t in totals] == [
         ("g-eef-s0", "1"), ("g-eef-s1", "1"), ("g-rft-s0", "1"), ("g-rft-s1", "1")]
+
+
+# --- properties ----------------------------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(n_train=st.integers(1, 500), n_checkpoints=st.integers(0, 5000))
+def test_k_is_the_nearest_whole_budget(n_train, n_checkpoints):
+    k = experiment.equal_budget_k(n_train, n_checkpoints)
+    eef = n_train + n_checkpoints
+    if k < experiment.MAX_K:
+        assert abs(k * n_train - eef) <= n_train / 2  # no other k is closer
+    else:
+        assert eef >= (experiment.MAX_K - 0.5) * n_train
+    assert experiment.equal_budget_k(n_train, n_checkpoints + n_train) >= k
+
+
+@settings(max_examples=40, deadline=None)
+@given(d=arrays(float, st.tuples(st.integers(1, 4), st.integers(1, 12)), elements=st.sampled_from([-1.0, 0.0, 0.5, 1.0])),
+       shift=st.sampled_from([-0.5, 0.25, 1.0]))
+def test_bootstrap_interval_is_within_the_data_and_moves_with_it(d, shift):
+    interval = experiment.paired_bootstrap(d, n_boot=300, rng_seed=3)
+    assert d.min() - 1e-12 <= interval.low <= interval.high <= d.max() + 1e-12
+    assert interval.estimate == pytest.approx(d.mean())
+    moved = experiment.paired_bootstrap(d + shift, n_boot=300, rng_seed=3)  # the same draws
+    assert (moved.low, moved.high) == pytest.approx((interval.low + shift, interval.high + shift))
+    flipped = experiment.paired_bootstrap(-d, n_boot=300, rng_seed=3)
+    assert (flipped.low, flipped.high) == pytest.approx((-interval.high, -interval.low))
