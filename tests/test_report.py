@@ -168,7 +168,7 @@ def test_budget_columns_per_iteration(two_runs):
     # steps in 4 episodes; 3 eval episodes (d1 twice, d2)
     assert got[("eef-run", 1)] == [4, 16, 3, None, None]
     assert got[("eef-run", 2)] == [4, 16, 1, None, None]
-    assert got[("eef-run", 0)] == [0, 0, 3, None, None]
+    assert got[("eef-run", 0)] == [0, 0, 3, 0, None]  # no rollouts: 0 tokens, not unknown
     assert got[("rft-run", 1)] == [2, 6, 2, None, None]
     # rft-run it0: only bc examples, nothing spent and no budget row at all
     assert got[("rft-run", 0)] == [None, None, None, None, None]

@@ -49,17 +49,17 @@ SELECT
     CASE WHEN count(*) FILTER (WHERE is_rollout) = 0 THEN 0
          ELSE sum(generated_tokens) FILTER (WHERE is_rollout) END::BIGINT AS rollout_generated_tokens,
     CASE WHEN coalesce(bool_and(finished) FILTER (WHERE is_rollout), true)
-         THEN coalesce(sum(wall_s) FILTER (WHERE is_rollout), 0) END AS rollout_wall_s,
+         THEN round(coalesce(sum(wall_s) FILTER (WHERE is_rollout), 0), 2) END AS rollout_wall_s,
     coalesce(sum(episodes) FILTER (WHERE phase = 'evaluate'), 0)::BIGINT AS eval_episodes,
     coalesce(sum(env_steps) FILTER (WHERE phase = 'evaluate'), 0)::BIGINT AS eval_env_steps,
     CASE WHEN count(*) FILTER (WHERE phase = 'evaluate') = 0 THEN 0
          ELSE sum(generated_tokens) FILTER (WHERE phase = 'evaluate') END::BIGINT AS eval_generated_tokens,
-    sum(wall_s) FILTER (WHERE phase = 'evaluate' AND finished) AS eval_wall_s,
+    round(sum(wall_s) FILTER (WHERE phase = 'evaluate' AND finished), 2) AS eval_wall_s,
     sum(train_examples) FILTER (WHERE phase = 'train')::BIGINT AS train_examples,
     sum(train_supervised_tokens) FILTER (WHERE phase = 'train')::BIGINT AS train_supervised_tokens,
     sum(train_optimizer_steps) FILTER (WHERE phase = 'train')::BIGINT AS train_optimizer_steps,
-    sum(wall_s) FILTER (WHERE phase = 'train' AND finished) AS train_wall_s,
-    CASE WHEN bool_and(finished) THEN sum(wall_s) END AS wall_s,
+    round(sum(wall_s) FILTER (WHERE phase = 'train' AND finished), 2) AS train_wall_s,
+    CASE WHEN bool_and(finished) THEN round(sum(wall_s), 2) END AS wall_s,
     bool_and(finished) AS finished
 FROM phases
 GROUP BY run_id, iteration;

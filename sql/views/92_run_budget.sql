@@ -13,7 +13,7 @@
 --                          sums over every iteration, behaviour cloning included (a token sum covers
 --                          the iterations that recorded tokens; NULL when none with episodes did)
 --   rollout_wall_s, eval_wall_s, train_wall_s, wall_s
---                          sums of the finished phases' wall times; wall_s is NULL while an
+--                          sums of the finished phases' wall times (s, rounded to 0.01); wall_s is NULL while an
 --                          iteration has an unfinished phase
 --   finished               every iteration's phases with a budget row have finished
 -- A run that reused another run's behaviour-cloning adapter (bc_adapter) spent nothing on it: that
@@ -31,17 +31,17 @@ SELECT
          ELSE sum(rollout_prompt_tokens) FILTER (WHERE rollout_episodes > 0) END::BIGINT AS rollout_prompt_tokens,
     CASE WHEN sum(rollout_episodes) = 0 THEN 0
          ELSE sum(rollout_generated_tokens) FILTER (WHERE rollout_episodes > 0) END::BIGINT AS rollout_generated_tokens,
-    sum(rollout_wall_s) AS rollout_wall_s,
+    round(sum(rollout_wall_s), 2) AS rollout_wall_s,
     sum(eval_episodes)::BIGINT AS eval_episodes,
     sum(eval_env_steps)::BIGINT AS eval_env_steps,
     CASE WHEN sum(eval_episodes) = 0 THEN 0
          ELSE sum(eval_generated_tokens) FILTER (WHERE eval_episodes > 0) END::BIGINT AS eval_generated_tokens,
-    sum(eval_wall_s) AS eval_wall_s,
+    round(sum(eval_wall_s), 2) AS eval_wall_s,
     sum(train_examples)::BIGINT AS train_examples,
     sum(train_supervised_tokens)::BIGINT AS train_supervised_tokens,
     sum(train_optimizer_steps)::BIGINT AS train_optimizer_steps,
-    sum(train_wall_s) AS train_wall_s,
-    CASE WHEN bool_and(finished) THEN sum(wall_s) END AS wall_s,
+    round(sum(train_wall_s), 2) AS train_wall_s,
+    CASE WHEN bool_and(finished) THEN round(sum(wall_s), 2) END AS wall_s,
     bool_and(finished) AS finished
 FROM iteration_budget
 GROUP BY run_id;
