@@ -488,7 +488,7 @@ def rollout(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 128,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     engine_kind: Annotated[RolloutEngine, typer.Option("--engine", help="hf: the model in this process; vllm: a vLLM server (docs/vllm.md)")] = RolloutEngine.hf,
-    vllm_url: Annotated[str | None, typer.Option("--vllm-url", help="vllm: the server's OpenAI URL, e.g. http://localhost:8000/v1 (default $EEF_VLLM_URL)")] = None,
+    vllm_url: Annotated[str | None, typer.Option("--vllm-url", help="vllm: the server's OpenAI URL, e.g. http://localhost:8000/v1, or several replicas, comma-separated (default $EEF_VLLM_URL)")] = None,
     served_model: Annotated[str | None, typer.Option("--served-model", help="vllm: the base model's name on the server (default: the one it serves)")] = None,
     adapter_path_on_server: Annotated[str | None, typer.Option("--adapter-path-on-server", help="vllm: the adapter folder as the server sees it (default: the local absolute path)")] = None,
     env: Annotated[str, typer.Option("--env", help="a registered environment: " + ", ".join(registry.BACKENDS))] = "scienceworld",

@@ -79,12 +79,15 @@ def has_url_credentials(url: str) -> bool:
 def refuse_url_credentials(url: str, what: str, how: str) -> str:
     """`url` when it carries no credentials, else ValueError (so pydantic validators can use it).
 
-    `what` names the parameter ('base_url'), `how` says where the key goes instead."""
-    if has_url_credentials(url):
-        raise ValueError(
-            f"{what} {redact_url(url)!r} carries credentials (user:password or a key in the "
-            f"query), and parameters are stored in clear: {how}"
-        )
+    `what` names the parameter ('base_url'), `how` says where the key goes instead. A
+    comma-separated list of URLs (several servers, e.g. vllm_url's replicas) is checked URL by URL: the
+    credentials of a later one sit in the first one's path, where urlsplit does not see them."""
+    for part in (*url.split(","), url):  # the parts first: redact_url of the whole misses theirs
+        if has_url_credentials(part.strip()):
+            raise ValueError(
+                f"{what} {redact_url(part.strip())!r} carries credentials (user:password or a key in "
+                f"the query), and parameters are stored in clear: {how}"
+            )
     return url
 
 

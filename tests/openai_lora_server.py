@@ -21,7 +21,8 @@ the merged adapter generates.
 
 Test hooks (not part of vLLM's API): `POST /_test/faults` queues scripted answers
 ([{"status", "body", "headers"}]) for the next chat completions; `GET /_test/requests` returns the
-chat completion bodies received so far.
+chat completion bodies received so far; `POST /_test/hold` makes every chat completion wait (once
+received) until `POST /_test/release` (a replica that is slow, or hangs until it is killed).
 
     python tests/openai_lora_server.py --model PATH --served-model-name NAME --port 8000 [--api-key K]
 """
@@ -64,6 +65,8 @@ def create_app(model_path: str, served_name: str, api_key: str | None = None) ->
     lock = threading.Lock()
     faults: list[dict[str, Any]] = []
     received: list[dict[str, Any]] = []
+    released = threading.Event()  # cleared by /_test/hold: chat completions wait for /_test/release
+    released.set()
     app = FastAPI(title="openai-lora stand-in (not vLLM)")
 
     @app.middleware("http")
@@ -116,6 +119,8 @@ def create_app(model_path: str, served_name: str, api_key: str | None = None) ->
     @app.post("/v1/chat/completions")
     def chat_completions(body: dict[str, Any]):
         received.append(body)
+        if not released.wait(timeout=300):
+            return _error(503, "held by /_test/hold for too long", "ServiceUnavailableError")
         if faults:
             fault = faults.pop(0)
             return JSONResponse(fault.get("body", {}), status_code=fault.get("status", 500),
@@ -154,6 +159,16 @@ def create_app(model_path: str, served_name: str, api_key: str | None = None) ->
     def add_faults(body: list[dict[str, Any]]) -> dict[str, int]:
         faults.extend(body)
         return {"queued": len(faults)}
+
+    @app.post("/_test/hold")
+    def hold() -> dict[str, bool]:
+        released.clear()
+        return {"held": True}
+
+    @app.post("/_test/release")
+    def release() -> dict[str, bool]:
+        released.set()
+        return {"held": False}
 
     @app.get("/_test/requests")
     def requests_received() -> list[dict[str, Any]]:

@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -46,83 +45,13 @@ from eef_tasks.rollout import RolloutEpisode, run_rollouts
 
 pytestmark = pytest.mark.slow
 
-HERE = Path(__file__).parent
-KEY = "sk-test-" + "7f3a9c1e5b2d4f60a8"  # the stand-in's --api-key (via $VLLM_API_KEY)
-BASE = "smollm2-135m-instruct"  # the base model's served name
 FIND = "scienceworld/find-living-thing/0"
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=8)
 
 from game import needs_java  # noqa: E402
 from real_vllm import real_vllm_venv, server_children, wait_gone  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class StandIn:
-    """tests/openai_lora_server.py in a subprocess; `stop` and `start` again keep the port."""
-
-    kind = "stand-in"
-    start_timeout_s = 180.0
-
-    def __init__(self, model_path: Path, log: Path) -> None:
-        self.model_path, self.log, self.port = model_path, log, _free_port()
-        self.root = f"http://127.0.0.1:{self.port}"
-        self.url = f"{self.root}/v1"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "1",
-               "VLLM_API_KEY": KEY, "OMP_NUM_THREADS": "1"}  # robust on a busy 2-core machine
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(HERE / "openai_lora_server.py"), "--model", str(self.model_path),
-                 "--served-model-name", BASE, "--port", str(self.port)],
-                stdout=out, stderr=subprocess.STDOUT, env=env,
-                # never outlives a killed test run; but PR_SET_PDEATHSIG fires when the *thread* that
-                # started the server ends, so a restart from a timer thread goes without it
-                preexec_fn=(interrupt.die_with_parent
-                            if threading.current_thread() is threading.main_thread() else None),
-            )
-
-    def wait_ready(self, timeout_s: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                pytest.fail(f"the stand-in server exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.root}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the stand-in server did not start:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.proc = None
-
-    def faults(self, *answers: dict) -> None:
-        """The next chat completions get these answers ({"status", "body", "headers"})."""
-        httpx.post(f"{self.root}/_test/faults", json=list(answers), timeout=10).raise_for_status()
-
-    def received(self) -> list[dict]:
-        return httpx.get(f"{self.root}/_test/requests", timeout=10).json()
-
-    def models(self) -> dict[str, dict]:
-        data = httpx.get(f"{self.url}/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10).json()
-        return {card["id"]: card for card in data["data"]}
+from standin import BASE, KEY, StandIn, lora_adapters  # noqa: E402
+from standin import free_port as _free_port  # noqa: E402
 
 
 class RealVLLM(StandIn):
@@ -243,23 +172,7 @@ def _hf_with(model_path, adapter: Path) -> HFEngine:
 @pytest.fixture(scope="module")
 def adapters(model_path, tmp_path_factory) -> dict[str, Path]:
     """Two LoRA adapters (peft, r=4 on q/v) with different random weights: 'a' and 'b'."""
-    peft = pytest.importorskip("peft")
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    root = tmp_path_factory.mktemp("adapters")
-    lora = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(model_path),
-                               peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    out = {}
-    for seed, name in ((1, "a"), (2, "b")):
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for pname, param in lora.named_parameters():
-                if "lora_" in pname:
-                    param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
-        lora.save_pretrained(root / name)
-        out[name] = root / name
-    return out
+    return lora_adapters(model_path, tmp_path_factory.mktemp("adapters"), {"a": 1, "b": 2})
 
 
 def _chat(text: str) -> list[dict[str, str]]:

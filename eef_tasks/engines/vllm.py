@@ -32,6 +32,16 @@ It is an `eef_tasks.engines.Engine` (`session`, `generate`, `model_path`, `adapt
 - **Errors**: connection failures, timeouts, 408/429/5xx are retried with exponential backoff
   (honouring Retry-After) `retries` times (`openai_http`); then, and for any other refusal,
   `VLLMError` (an `EnvError`, so the CLI prints one line) naming the URL and what to check.
+- **Replicas**: `base_url` may list several servers of the same model, comma-separated. Each
+  request goes to the live replica with the fewest requests in flight (ties round robin;
+  `engines.replicas`). Before the first request, every replica is checked (it serves the base
+  model) and given the adapter, in parallel. A replica whose request kept failing
+  (`replica_retries` tries, `VLLMUnreachable`) is marked dead and the request goes to another, so
+  the episode goes on; a dead replica is probed in the background `probe_s` later (then at doubling
+  intervals up to `max_probe_s`) and rejoins once it answers, serves the base model and has the
+  adapter again (the name rules above hold per replica). With every replica dead, each is probed
+  once more, then `VLLMError` names them all. One URL behaves as a single server always did: its
+  retries are `retries`, and its error is raised as it is.
 - **API key**: `$VLLM_API_KEY` (or `api_key_env`, or `api_key=`), stripped and checked by
   `eef_tasks.credentials`, goes only into the `Authorization: Bearer` header; it is never logged,
   stored or part of an error message. user:password in the URL (a proxy) is sent as Basic auth,
@@ -48,7 +58,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -57,8 +67,9 @@ import httpx
 
 from eef_tasks.credentials import clean_key
 from eef_tasks.engines import Generation, SamplingConfig, Session
+from eef_tasks.engines.replicas import ReplicaSet
 from eef_tasks.envs.base import EnvError
-from eef_tasks.openai_http import RETRYABLE_STATUS, OpenAIHTTP, RetryPolicy, error_message, redact_url
+from eef_tasks.openai_http import OpenAIHTTP, RetryPolicy, error_message, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +128,51 @@ def adapter_served_name(adapter_dir: str | Path, prefix: str | None = None) -> s
     return f"{prefix.strip('-') or 'adapter'}-{adapter_fingerprint(adapter_dir)[:12]}"
 
 
+def base_urls(text: str) -> list[str]:
+    """The OpenAI base URLs in `text`: one, or several comma-separated (replicas of one model),
+    each ending in /v1 (a bare http://host:port gets /v1); query strings are dropped."""
+    urls: list[str] = []
+    for raw in (part.strip() for part in text.split(",")):
+        if not raw:
+            continue
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise VLLMError(f"not an http(s) URL: {redact_url(raw)!r} (e.g. http://localhost:8000/v1)")
+        path = parts.path.rstrip("/") or "/v1"  # vLLM serves its OpenAI routes under /v1
+        url = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+        if url in urls:
+            raise VLLMError(f"the vLLM URLs list {redact_url(url)} twice")
+        urls.append(url)
+    if not urls:
+        raise VLLMError(f"no vLLM server URL in {redact_url(text)!r} (e.g. http://localhost:8000/v1)")
+    return urls
+
+
+class VLLMUnreachable(VLLMError):  # noqa: N818 - a VLLMError, named for what happened
+    """A server kept failing (connection errors, timeouts, 429/5xx) until its retries were spent."""
+
+
+@dataclass
+class _Replica:
+    """One server: its clients and whether it has been checked and given the adapter."""
+
+    client: OpenAIHTTP  # requests, with the engine's retries (several replicas: replica_retries)
+    probe: OpenAIHTTP | None  # with several replicas: probes of a dead one, no retries
+    lock: threading.Lock = field(default_factory=threading.Lock)  # its readiness and adapter loads
+    ready: bool = False
+
+    @property
+    def url(self) -> str:
+        return self.client.safe_url
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    return " ".join(str(exc).split())[:limit]
+
+
 class VLLMEngine:
-    """Samples replies from a vLLM server, optionally through a LoRA adapter loaded at run time."""
+    """Samples replies from a vLLM server, or several replicas of it, optionally through a LoRA
+    adapter loaded at run time."""
 
     name = ENGINE_NAME
 
@@ -137,22 +191,28 @@ class VLLMEngine:
         retries: int = 8,
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
+        replica_retries: int = 2,
+        probe_s: float = 5.0,
+        max_probe_s: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        """`base_url`: the server's OpenAI base URL (…/v1; a bare http://host:port gets /v1), by
-        default $EEF_VLLM_URL. `base_model`: the base model's served name (`vllm serve
-        --served-model-name`); None asks the server (which must then serve exactly one)."""
+        """`base_url`: the server's OpenAI base URL (…/v1; a bare http://host:port gets /v1), or
+        several comma-separated (replicas serving the same model), by default $EEF_VLLM_URL.
+        `base_model`: the base model's served name (`vllm serve --served-model-name`); None asks
+        the server (which must then serve exactly one). With several replicas a request tries one
+        replica `replica_retries` + 1 times (at most `retries` + 1) before it is marked dead and the
+        request goes to another; a dead replica is probed `probe_s` later, then at doubling
+        intervals up to `max_probe_s`."""
         base_url = base_url or os.environ.get(URL_ENV)
         if not base_url:
             raise VLLMError(f"no vLLM server URL: pass one (--vllm-url) or set ${URL_ENV}, "
                             "e.g. http://localhost:8000/v1")
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
-        parts = urlsplit(base_url.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise VLLMError(f"not an http(s) URL: {redact_url(base_url)!r} (e.g. http://localhost:8000/v1)")
-        path = parts.path.rstrip("/") or "/v1"  # vLLM serves its OpenAI routes under /v1
+        if replica_retries < 0:
+            raise ValueError("replica_retries must be >= 0")
+        urls = base_urls(base_url)
         self.adapter_dir = str(adapter_dir) if adapter_dir else None
         self.adapter_name = adapter_served_name(adapter_dir, adapter_name_prefix) if adapter_dir else None
         self.adapter_path_on_server = (
@@ -162,34 +222,61 @@ class VLLMEngine:
             key = clean_key(api_key, "api_key")
         else:  # stripped and checked where it is read: a key from a file often ends in a newline
             key = clean_key(os.environ.get(api_key_env), f"${api_key_env}") if api_key_env else None
-        base = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
-        # user:password in the URL (a proxy in front of the server) is Basic auth; with a key too it
-        # is refused (both need the Authorization header)
-        self._client = OpenAIHTTP(
-            base, api_key=key or None, timeout_s=timeout_s,
-            policy=RetryPolicy(retries, backoff_s, max_backoff_s), error=VLLMError,
-            label=f"the vLLM server at {redact_url(base)}", hint=_SERVER_HINT, keep_query=False,
-            max_connections=max_concurrency, sleep=sleep, transport=transport,
-        )
-        self.base_url = self._client.base_url
-        self.safe_url = self._client.safe_url
+        several = len(urls) > 1
+        policy = RetryPolicy(min(retries, replica_retries) if several else retries, backoff_s, max_backoff_s)
+
+        def client(url: str, policy: RetryPolicy, error: type[VLLMError]) -> OpenAIHTTP:
+            # user:password in the URL (a proxy in front of the server) is Basic auth; with a key
+            # too it is refused (both need the Authorization header)
+            return OpenAIHTTP(
+                url, api_key=key or None, timeout_s=timeout_s, policy=policy, error=error,
+                label=f"the vLLM server at {redact_url(url)}", hint=_SERVER_HINT, keep_query=False,
+                max_connections=max_concurrency, sleep=sleep, transport=transport,
+            )
+
+        self._reps: list[_Replica] = []
+        try:
+            for url in urls:
+                self._reps.append(_Replica(
+                    client(url, policy, VLLMUnreachable),
+                    client(url, RetryPolicy(0, backoff_s, max_backoff_s), VLLMUnreachable) if several else None,
+                ))
+        except BaseException:
+            self._close_clients()
+            raise
+        self.base_urls = [r.client.base_url for r in self._reps]
+        self.safe_urls = [r.url for r in self._reps]
+        self.base_url = ",".join(self.base_urls)
+        self.safe_url = ", ".join(self.safe_urls)
+        self._replicas = ReplicaSet(self.safe_urls, probe_s=probe_s, max_probe_s=max_probe_s)
         self.max_concurrency = max_concurrency
         self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()  # server state (readiness, adapter loads) and the pool
+        self._lock = threading.Lock()  # engine readiness and the pool
         self._ready = False
+        self._failovers = 0
         if base_model:
             self.base_model = base_model
         else:
             try:
                 self.base_model = self._only_base_model()
             except BaseException:
-                self._client.close()
+                self._close_clients()
                 raise
 
     @property
     def retries(self) -> int:
-        """Transient failures retried so far."""
-        return self._client.retries
+        """Transient failures retried so far (on the same server)."""
+        return sum(r.client.retries for r in self._reps)
+
+    @property
+    def failovers(self) -> int:
+        """Requests sent to another replica after theirs was marked dead."""
+        return self._failovers
+
+    def replica_stats(self) -> list[dict[str, Any]]:
+        """Per replica, in URL order: url, live, in_flight, served, deaths."""
+        return [{"url": s.url, "live": not s.dead, "in_flight": s.in_flight, "served": s.served,
+                 "deaths": s.deaths} for s in self._replicas.states()]
 
     # -- the interface run_rollouts uses --
 
@@ -209,7 +296,7 @@ class VLLMEngine:
     def generate(
         self, requests: Sequence[tuple[Session, Sequence[dict[str, str]]]], sampling: SamplingConfig
     ) -> list[Generation]:
-        """One reply per (session, messages); the requests go to the server concurrently."""
+        """One reply per (session, messages); the requests go to the server(s) concurrently."""
         if not requests:
             return []
         self.ensure_ready()
@@ -245,55 +332,106 @@ class VLLMEngine:
     # -- server state --
 
     def ensure_ready(self) -> None:
-        """Once: check that the server serves the base model and load the adapter (if any)."""
+        """Once: check that every live replica serves the base model and load the adapter (if any)
+        into each, in parallel; a replica that does not answer is marked dead (with one URL: the
+        error). A replica that comes back later is checked and given the adapter before it gets
+        requests (`_probe`)."""
         if self._ready:
             return
+        pool = self._executor() if len(self._reps) > 1 else None
         with self._lock:
             if self._ready:
                 return
-            models = self.served_models()
+            live = self._replicas.live()
+            if pool is None or len(live) < 2:
+                outcomes = {i: self._attempt(self._prepare, self._reps[i]) for i in live}
+            else:
+                futures = {i: pool.submit(self._attempt, self._prepare, self._reps[i]) for i in live}
+                outcomes = {i: f.result() for i, f in futures.items()}
+            for i, error in outcomes.items():
+                if error is not None:
+                    self._fail_replica(i, error)
+            if not self._replicas.live():
+                self._probe_all_now()
+                if not self._replicas.live():
+                    raise VLLMError(self._all_down())
+            self._ready = True
+
+    @staticmethod
+    def _attempt(step: Callable[[_Replica], None], rep: _Replica) -> VLLMUnreachable | None:
+        """`step(rep)`; a server that does not answer is returned, any other error raised."""
+        try:
+            step(rep)
+        except VLLMUnreachable as exc:
+            return exc
+        return None
+
+    def _prepare(self, rep: _Replica, client: OpenAIHTTP | None = None) -> None:
+        """Check that `rep` serves the base model and give it the adapter (once)."""
+        client = client or rep.client
+        with rep.lock:
+            if rep.ready:
+                return
+            models = self._served_models(client)
             if self.base_model not in models:
                 raise VLLMError(
-                    f"the vLLM server at {self.safe_url} does not serve the model {self.base_model!r} "
+                    f"the vLLM server at {client.safe_url} does not serve the model {self.base_model!r} "
                     f"(it serves {sorted(models)}): pass the name given to `vllm serve "
                     "--served-model-name` (--served-model)"
                 )
             if self.adapter_name and self.adapter_name not in models:
-                self._load_adapter()
-            self._ready = True
+                self._load_adapter(client)
+            rep.ready = True
 
     def served_models(self) -> dict[str, dict[str, Any]]:
-        """The server's `/models` listing: id -> model card (vLLM lists loaded adapters too, with
-        `parent` = their base model)."""
-        response = self._request("GET", "/models", None, what="listing models")
+        """The `/models` listing of the (first live) server: id -> model card (vLLM lists loaded
+        adapters too, with `parent` = their base model)."""
+        live = self._replicas.live()
+        return self._served_models(self._reps[live[0] if live else 0].client)
+
+    def _served_models(self, client: OpenAIHTTP) -> dict[str, dict[str, Any]]:
+        response = client.send("GET", "/models", None, what="listing models")
         if response.status_code != 200:
-            raise VLLMError(self._refused(response, "/models"))
+            raise VLLMError(self._refused(client, response, "/models"))
         try:
             cards = response.json()["data"]
             return {str(c["id"]): c for c in cards}
         except (ValueError, KeyError, TypeError) as exc:
-            raise VLLMError(f"{self.safe_url}/models answered something that is not a model list "
-                            f"({type(exc).__name__}){self._detail(response)}") from None
+            raise VLLMError(f"{client.safe_url}/models answered something that is not a model list "
+                            f"({type(exc).__name__}){client.detail(response)}") from None
 
     def _only_base_model(self) -> str:
-        bases = [name for name, card in self.served_models().items() if not card.get("parent")]
-        if len(bases) != 1:
-            raise VLLMError(f"the vLLM server at {self.safe_url} serves {sorted(bases) or 'no'} base "
-                            "models: name one with --served-model")
-        return bases[0]
+        """The one base model the servers serve (the first replica that answers says)."""
+        for i, rep in enumerate(self._reps):
+            try:
+                models = self._served_models(rep.client)
+            except VLLMUnreachable as exc:
+                self._fail_replica(i, exc)
+                continue
+            bases = [name for name, card in models.items() if not card.get("parent")]
+            if len(bases) != 1:
+                raise VLLMError(f"the vLLM server at {rep.url} serves {sorted(bases) or 'no'} base "
+                                "models: name one with --served-model")
+            return bases[0]
+        raise VLLMError(self._all_down())
 
     def load_adapter(self) -> None:
-        """(Re)load this engine's adapter into the server under its content-hashed name."""
-        with self._lock:
-            self._load_adapter()
+        """(Re)load this engine's adapter into every live replica under its content-hashed name."""
+        for i in self._replicas.live():
+            rep = self._reps[i]
+            with rep.lock:
+                error = self._attempt(lambda r: self._load_adapter(r.client), rep)
+            if error is not None:
+                self._fail_replica(i, error)
 
-    def _load_adapter(self) -> None:
+    def _load_adapter(self, client: OpenAIHTTP) -> None:
         if not self.adapter_name:
             return
-        logger.info("loading LoRA adapter %s as %r into %s", self.adapter_dir, self.adapter_name, self.safe_url)
+        url = client.safe_url
+        logger.info("loading LoRA adapter %s as %r into %s", self.adapter_dir, self.adapter_name, url)
         body = {"lora_name": self.adapter_name, "lora_path": self.adapter_path_on_server}
-        response = self._request("POST", "/load_lora_adapter", body, what="loading the adapter",
-                                 retry_status=_LOAD_RETRY_STATUS)
+        response = client.send("POST", "/load_lora_adapter", body, what="loading the adapter",
+                               retry_status=_LOAD_RETRY_STATUS)
         if response.status_code == 200:
             return
         message = error_message(response)
@@ -301,55 +439,138 @@ class VLLMEngine:
             return  # the same content under the same name
         if response.status_code == 404 and message is None:
             raise VLLMError(
-                f"the server at {self.safe_url} has no /load_lora_adapter: start vLLM with --enable-lora "
+                f"the server at {url} has no /load_lora_adapter: start vLLM with --enable-lora "
                 "and the environment variable VLLM_ALLOW_RUNTIME_LORA_UPDATING=True (docs/vllm.md)"
             )
         raise VLLMError(
-            f"the vLLM server at {self.safe_url} could not load the adapter {self.adapter_dir} from "
+            f"the vLLM server at {url} could not load the adapter {self.adapter_dir} from "
             f"{self.adapter_path_on_server!r} (HTTP {response.status_code}"
-            f"{': ' + self.scrub(message)[:300] if message else ''}); the path must be the adapter folder "
+            f"{': ' + client.scrub(message)[:300] if message else ''}); the path must be the adapter folder "
             "as the server sees it (adapter_path_on_server / --adapter-path-on-server) and its LoRA rank "
             "at most the server's --max-lora-rank"
         )
 
     def unload_adapter(self) -> bool:
-        """Ask the server to forget this engine's adapter; False if it did not know it."""
+        """Ask every live replica to forget this engine's adapter; False if none knew it."""
         if not self.adapter_name:
             return False
-        response = self._request("POST", "/unload_lora_adapter", {"lora_name": self.adapter_name},
-                                 what="unloading the adapter", retry_status=_LOAD_RETRY_STATUS)
+        known = False
+        for i in self._replicas.live():
+            client = self._reps[i].client
+            try:
+                response = client.send("POST", "/unload_lora_adapter", {"lora_name": self.adapter_name},
+                                       what="unloading the adapter", retry_status=_LOAD_RETRY_STATUS)
+            except VLLMUnreachable as exc:
+                self._fail_replica(i, exc)  # one URL: raises
+                continue
+            if response.status_code == 200:
+                known = True
+            elif not (response.status_code in (400, 404) and error_message(response)):
+                raise VLLMError(self._refused(client, response, "/unload_lora_adapter"))
         with self._lock:
             self._ready = False
-        if response.status_code == 200:
-            return True
-        if response.status_code in (400, 404) and error_message(response):
-            return False
-        raise VLLMError(self._refused(response, "/unload_lora_adapter"))
+            for rep in self._reps:
+                rep.ready = False
+        return known
+
+    # -- replicas --
+
+    def _fail_replica(self, index: int, error: VLLMUnreachable) -> None:
+        """Mark a replica that kept failing dead; with one URL there is no other: the error."""
+        if len(self._reps) == 1:
+            raise error
+        if self._replicas.mark_dead(index, _one_line(error)):
+            logger.warning("vLLM replica %s is down, its requests go to the others (probed again in "
+                           "%.0f s): %s", self._reps[index].url, self._replicas.probe_s, _one_line(error))
+
+    def _start_due_probes(self) -> None:
+        """Probe, in the background, each dead replica whose wait is over."""
+        if len(self._reps) == 1:
+            return
+        for i in self._replicas.claim_probes():
+            threading.Thread(target=self._probe, args=(i,), name=f"eef-vllm-probe-{i}", daemon=True).start()
+
+    def _probe(self, index: int) -> None:
+        """Is a dead replica back? It rejoins only once it serves the base model and has the
+        adapter (a restarted server forgot it)."""
+        rep = self._reps[index]
+        with rep.lock:
+            rep.ready = False
+        try:
+            self._prepare(rep, rep.probe)
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the replica stays out
+            self._replicas.probe_done(index, False, _one_line(exc))
+            logger.info("vLLM replica %s is still down: %s", rep.url, _one_line(exc))
+        else:
+            self._replicas.probe_done(index, True)
+            logger.warning("vLLM replica %s answers again: back in the rotation%s", rep.url,
+                           f" (adapter {self.adapter_name} loaded)" if self.adapter_name else "")
+
+    def _probe_all_now(self) -> None:
+        """No replica is live: probe every dead one now (and wait for probes already under way)."""
+        for i in self._replicas.claim_probes(due_only=False):
+            self._probe(i)
+        self._replicas.wait_for_probes(self._reps[0].client.timeout_s)
+
+    def _all_down(self) -> str:
+        states = self._replicas.states()
+        whys = "; ".join(s.why for s in states if s.why)
+        return (f"every vLLM replica is down ({', '.join(s.url for s in states)})"
+                f"{': ' + whys if whys else ''}; {_SERVER_HINT}")
 
     # -- requests --
 
     def _complete(
         self, messages: list[dict[str, str]], sampling: SamplingConfig, seed: int
     ) -> tuple[str, str, int, int, int]:
+        """One chat completion on the live replica with the fewest requests in flight; if that
+        replica kept failing, it is marked dead and the request goes to another."""
         body = {
             "model": self.served_model, "messages": messages, "temperature": sampling.temperature,
             "top_p": sampling.top_p, "max_tokens": sampling.max_new_tokens, "seed": seed, "n": 1,
         }
-        response = self._request("POST", "/chat/completions", body, what="a chat completion")
+        probed, failed = False, False
+        while True:
+            self._start_due_probes()
+            index = self._replicas.acquire()
+            if index is None:
+                if probed:
+                    raise VLLMError(self._all_down())
+                probed = True
+                self._probe_all_now()
+                continue
+            if failed:
+                with self._lock:
+                    self._failovers += 1
+            served = False
+            try:
+                result = self._complete_on(self._reps[index], body)
+                served = True
+                return result
+            except VLLMUnreachable as exc:
+                self._fail_replica(index, exc)  # one URL: raises
+                failed = True
+            finally:
+                self._replicas.release(index, served)
+
+    def _complete_on(self, rep: _Replica, body: dict[str, Any]) -> tuple[str, str, int, int, int]:
+        client = rep.client
+        response = client.send("POST", "/chat/completions", body, what="a chat completion")
         if response.status_code == 404 and self.adapter_name:
             # the server lost the adapter (restarted since it was loaded): load it again, once
-            logger.warning("%s does not know the adapter %r: loading it again", self.safe_url, self.adapter_name)
-            self.load_adapter()
-            response = self._request("POST", "/chat/completions", body, what="a chat completion")
+            logger.warning("%s does not know the adapter %r: loading it again", rep.url, self.adapter_name)
+            with rep.lock:
+                self._load_adapter(client)
+            response = client.send("POST", "/chat/completions", body, what="a chat completion")
         if response.status_code != 200:
-            raise VLLMError(self._refused(response, "/chat/completions"))
+            raise VLLMError(self._refused(client, response, "/chat/completions"))
         try:
             data = response.json()
             choices = data.get("choices") or []
             usage = data.get("usage") or {}
         except (ValueError, AttributeError):
-            raise VLLMError(f"{self.safe_url}/chat/completions answered something that is not a chat "
-                            f"completion{self._detail(response)}") from None
+            raise VLLMError(f"{rep.url}/chat/completions answered something that is not a chat "
+                            f"completion{client.detail(response)}") from None
         text, finish = "", "empty"
         if choices and isinstance(choices[0], dict):
             message = choices[0].get("message") or {}
@@ -363,29 +584,20 @@ class VLLMEngine:
         cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
         return text, str(finish), prompt, max(0, prompt - cached), int(usage.get("completion_tokens") or 0)
 
-    def _request(
-        self, method: str, path: str, body: dict[str, Any] | None, *, what: str,
-        retry_status: frozenset[int] = RETRYABLE_STATUS,
-    ) -> httpx.Response:
-        """The server's answer; transport failures and `retry_status` answers are retried with
-        backoff, and raise VLLMError when the retries are spent."""
-        return self._client.send(method, path, body, what=what, retry_status=retry_status)
-
     def scrub(self, text: str) -> str:
-        """`text` with the API key and URL credentials replaced by '***'."""
-        return self._client.scrub(text)
+        """`text` with the API key and URL credentials (of every replica) replaced by '***'."""
+        for rep in self._reps:
+            text = rep.client.scrub(text)
+        return text
 
-    def _detail(self, response: httpx.Response) -> str:
-        return self._client.detail(response)
-
-    def _refused(self, response: httpx.Response, path: str) -> str:
+    def _refused(self, client: OpenAIHTTP, response: httpx.Response, path: str) -> str:
         status = response.status_code
         hint = {
             401: "the API key was refused: set $VLLM_API_KEY to the server's --api-key",
             403: "access denied",
             404: f"no such route or model (the URL should end in /v1; model={self.served_model!r})",
         }.get(status, "the request was refused")
-        return f"{self.safe_url}{path} answered HTTP {status}: {hint}{self._detail(response)}"
+        return f"{client.safe_url}{path} answered HTTP {status}: {hint}{client.detail(response)}"
 
     # -- lifetime --
 
@@ -395,11 +607,20 @@ class VLLMEngine:
                 self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="eef-vllm")
             return self._pool
 
+    def _close_clients(self) -> None:
+        for rep in self._reps:
+            rep.client.close()
+            if rep.probe is not None:
+                rep.probe.close()
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-        self._client.close()
+        if len(self._reps) > 1:
+            logger.info("vLLM replicas: %s", ", ".join(
+                f"{s['url']} served {s['served']} (down {s['deaths']}x)" for s in self.replica_stats()))
+        self._close_clients()
 
     def __enter__(self) -> VLLMEngine:
         return self
@@ -412,6 +633,6 @@ class VLLMEngine:
 
 
 __all__ = [
-    "ENGINE_NAME", "URL_ENV", "VLLMEngine", "VLLMError", "VLLMSession", "adapter_fingerprint",
-    "adapter_served_name", "request_seed",
+    "ENGINE_NAME", "URL_ENV", "VLLMEngine", "VLLMError", "VLLMSession", "VLLMUnreachable",
+    "adapter_fingerprint", "adapter_served_name", "base_urls", "request_seed",
 ]

@@ -68,7 +68,8 @@ class RunConfig(BaseModel):
     seed: int = 0
     workers: int = Field(4, ge=1, le=64, description="concurrent episodes (one game process each)")
     engine: Literal["hf", "vllm"] = Field("hf", description="hf: local transformers; vllm: a vLLM server")
-    vllm_url: str | None = Field(None, description="vLLM server, e.g. http://vllm:8000/v1 (default $EEF_VLLM_URL)")
+    vllm_url: str | None = Field(None, description="vLLM server, e.g. http://vllm:8000/v1; several replicas, comma-separated, share the "
+                                                   "requests (least outstanding; a dead one is skipped) (default $EEF_VLLM_URL)")
     served_model: str | None = Field(None, description="the base model's name on the vLLM server")
     runner: Literal["local", "ray"] = Field("local", description="local: this machine's game processes; "
                                             "ray: rollout shards on a Ray cluster (needs the ray extra of the package)")
