@@ -13,6 +13,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +29,7 @@ from eef_tasks import store
 from eef_tasks.engines import SamplingConfig
 from eef_tasks.engines.replicas import ReplicaSet
 from eef_tasks.engines.vllm import VLLMEngine, VLLMError, base_urls
+from eef_tasks.pipeline.settings import RunConfig
 from eef_tasks.rollout import RolloutEpisode, run_rollouts
 
 from game import needs_java  # noqa: E402
@@ -242,8 +246,6 @@ def test_url_lists() -> None:
     assert (one.base_url, one.safe_url, one.base_urls) == ("http://vllm.local:8000/v1",) * 2 + (["http://vllm.local:8000/v1"],)
     one.close()
     # run settings (stored in clear) refuse credentials in any URL of the list, without echoing them
-    from eef_tasks.pipeline.settings import RunConfig
-
     with pytest.raises(ValidationError, match="VLLM_API_KEY") as err:
         RunConfig(run_id="r", engine="vllm", vllm_url="http://a:8000/v1,http://eefuser:hunter2@b:9/v1")
     assert "hunter2" not in str(err.value) and "'http://b:9/v1' carries credentials" in str(err.value)
@@ -382,3 +384,17 @@ def test_a_killed_replica_loses_no_request_and_rejoins_with_the_adapter(replicas
     assert len(new_a) + len(new_b) == calls
     assert {r["model"] for r in new_a + new_b} == {engine.served_model}
     engine.close()
+
+
+def test_the_cli_refuses_credentials_in_any_replica_url(tmp_path) -> None:
+    """`eef rollout --vllm-url A,B` with user:password in B: refused in one line, before any work,
+    without echoing the password (a command line lands in shell history and `ps`). ~2 s: one CLI start."""
+    eef = Path(sys.executable).parent / "eef"
+    result = subprocess.run(
+        [str(eef), "rollout", "--db", str(tmp_path / "s.duckdb"), "--run", "r", "--iteration", "1",
+         "--purpose", "explore", "--engine", "vllm", "--vllm-url", "http://a:8000/v1,http://eefuser:hunter2@b:9/v1"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "'http://b:9/v1' carries credentials" in result.stderr and "VLLM_API_KEY" in result.stderr
+    assert "hunter2" not in result.stdout + result.stderr

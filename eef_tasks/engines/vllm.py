@@ -481,7 +481,7 @@ class VLLMEngine:
             raise error
         if self._replicas.mark_dead(index, _one_line(error)):
             logger.warning("vLLM replica %s is down, its requests go to the others (probed again in "
-                           "%.0f s): %s", self._reps[index].url, self._replicas.probe_s, _one_line(error))
+                           "%g s): %s", self._reps[index].url, self._replicas.probe_s, _one_line(error))
 
     def _start_due_probes(self) -> None:
         """Probe, in the background, each dead replica whose wait is over."""
