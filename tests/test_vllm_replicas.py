@@ -79,6 +79,21 @@ def test_least_outstanding_with_round_robin_ties() -> None:
     assert [s.served for s in replicas.states()] == [2, 3, 2]
 
 
+def test_the_counts_hold_under_threads() -> None:
+    replicas = ReplicaSet(["a", "b", "c"])
+
+    def work(_: int) -> None:
+        for _ in range(200):
+            i = replicas.acquire()
+            replicas.release(i, served=True)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(work, range(8)))
+    states = replicas.states()
+    assert [s.in_flight for s in states] == [0, 0, 0] and sum(s.served for s in states) == 1600
+    assert all(s.served for s in states)
+
+
 def test_dead_replicas_are_skipped_and_probed_with_back_off() -> None:
     clock = Clock()
     replicas = ReplicaSet(["a", "b"], probe_s=5.0, max_probe_s=60.0, clock=clock)
@@ -113,8 +128,10 @@ def test_dead_replicas_are_skipped_and_probed_with_back_off() -> None:
 class Fleet:
     """Fake vLLM servers by host: `down` ones refuse connections; every request is logged."""
 
-    def __init__(self, *hosts: str) -> None:
+    def __init__(self, *hosts: str, dies_after: dict[str, int] | None = None, delay_s: float = 0.0) -> None:
         self.down: set[str] = set()
+        self.dies_after = dict(dies_after or {})  # host -> chat completions it answers, then it is down
+        self.delay_s = delay_s
         self.adapters: dict[str, set[str]] = {h: set() for h in hosts}
         self.log: list[tuple[str, str, str | None, int]] = []  # (host, path, model or lora_name, status)
         self.lock = threading.Lock()
@@ -123,9 +140,15 @@ class Fleet:
         host, path = request.url.host, request.url.path
         assert request.headers.get("authorization") == f"Bearer {KEY}"
         body = json.loads(request.content) if request.content else {}
+        with self.lock:
+            if path == "/v1/chat/completions" and host in self.dies_after:
+                if self.dies_after[host] == 0:
+                    self.down.add(host)
+                self.dies_after[host] -= 1
         if host in self.down:
             self._logged(host, path, body, 0)
             raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        time.sleep(self.delay_s)
         return self._logged(host, path, body, self._answer(host, path, body))
 
     def _logged(self, host: str, path: str, body: dict, answer: httpx.Response | int) -> httpx.Response:
@@ -210,6 +233,26 @@ def test_failover_and_a_revived_replica_gets_the_adapter_first(tmp_path) -> None
     with pytest.raises(VLLMError, match="HTTP 400.*max_tokens"):
         engine.generate([(engine.session("x"), _chat("too long"))], GREEDY)
     assert all(s["live"] for s in engine.replica_stats())
+    engine.close()
+
+
+def test_concurrent_requests_survive_a_replica_dying_under_them() -> None:
+    """32 requests, 8 in flight, from two threads' generate calls; replica a answers 5 and then
+    refuses connections: every request is answered once, b takes the rest."""
+    fleet = Fleet("a", "b", dies_after={"a": 5}, delay_s=0.01)
+    engine = VLLMEngine("http://a:8000/v1,http://b:8000/v1", "base-m", backoff_s=0.0, max_concurrency=8,
+                        probe_s=60.0, transport=httpx.MockTransport(fleet))
+    chat = _chat("go")
+    with ThreadPoolExecutor(2) as callers:
+        batches = [callers.submit(engine.generate, [(engine.session(f"{k}-{i}"), chat) for i in range(16)], GREEDY)
+                   for k in range(2)]
+        texts = [g.text for batch in batches for g in batch.result(timeout=60)]
+    assert len(texts) == 32 and texts.count("from a") == 5 and texts.count("from b") == 27
+    stats = engine.replica_stats()
+    assert [s["served"] for s in stats] == [5, 27] and [s["in_flight"] for s in stats] == [0, 0]
+    assert [s["live"] for s in stats] == [False, True] and stats[0]["deaths"] == 1
+    answered = [status for h, p, _, status in fleet.log if p == "/v1/chat/completions" and status == 200]
+    assert len(answered) == 32  # none answered twice
     engine.close()
 
 
