@@ -36,6 +36,7 @@ from game import needs_java  # noqa: E402
 from standin import BASE, KEY, StandIn, free_port, lora_adapters  # noqa: E402
 
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=8)
+SHORT = SamplingConfig(temperature=0.0, max_new_tokens=2)  # where only who answers matters
 FIND = "scienceworld/find-living-thing/0"
 
 
@@ -191,7 +192,7 @@ def _wait_live(engine: VLLMEngine, index: int, chat) -> int:
     deadline = time.monotonic() + 60
     while not engine.replica_stats()[index]["live"]:
         assert time.monotonic() < deadline, engine.replica_stats()
-        engine.generate([(engine.session(f"wake{sent}"), chat)], GREEDY)
+        engine.generate([(engine.session(f"wake{sent}"), chat)], SHORT)
         sent += 1
         time.sleep(0.05)
     return sent
@@ -336,8 +337,8 @@ def test_requests_spread_over_the_replicas(replicas) -> None:
     before = [len(a.received()), len(b.received())]
     chat = _chat("Your task is to find a(n) animal.")
     with VLLMEngine(f"{a.url},{b.url}", BASE) as engine:
-        texts = [engine.generate([(engine.session(f"s{i}"), chat)], GREEDY)[0].text for i in range(2)]
-        together = engine.generate([(engine.session(f"c{i}"), chat) for i in range(2)], GREEDY)
+        texts = [engine.generate([(engine.session(f"s{i}"), chat)], SHORT)[0].text for i in range(2)]
+        together = engine.generate([(engine.session(f"c{i}"), chat) for i in range(2)], SHORT)
         assert [s["served"] for s in engine.replica_stats()] == [2, 2]
     assert len(set(texts + [g.text for g in together])) == 1  # the same model and greedy: one reply
     assert [len(a.received()) - before[0], len(b.received()) - before[1]] == [2, 2]
@@ -353,7 +354,7 @@ def test_a_slow_replica_gets_fewer_requests(replicas) -> None:
     a.hold()
     try:
         with VLLMEngine(f"{a.url},{b.url}", BASE, max_concurrency=2) as engine, ThreadPoolExecutor(1) as run:
-            replies = run.submit(engine.generate, [(engine.session(f"s{i}"), chat) for i in range(4)], GREEDY)
+            replies = run.submit(engine.generate, [(engine.session(f"s{i}"), chat) for i in range(4)], SHORT)
             deadline = time.monotonic() + 120
             while len(b.received()) - before[1] < 3:
                 assert time.monotonic() < deadline and not replies.done(), engine.replica_stats()
@@ -418,7 +419,7 @@ def test_a_killed_replica_loses_no_request_and_rejoins_with_the_adapter(replicas
     chat = _chat("Your task is to find a(n) living thing.")
     calls += _wait_live(engine, 0, chat)
     assert engine.served_model in a.models()  # loaded by the probe, before a got any request
-    gens = engine.generate([(engine.session(f"r{i}"), chat) for i in range(2)], GREEDY)
+    gens = engine.generate([(engine.session(f"r{i}"), chat) for i in range(2)], SHORT)
     calls += len(gens)
     new_a, new_b = a.received(), b.received()[n_b:]
     assert len(new_a) >= 1  # a serves again
