@@ -36,7 +36,7 @@ It is an `eef_tasks.engines.Engine` (`session`, `generate`, `model_path`, `adapt
   request goes to the live replica with the fewest requests in flight (ties round robin;
   `engines.replicas`). Before the first request, every replica is checked (it serves the base
   model) and given the adapter, in parallel. A replica whose request kept failing
-  (`replica_retries` tries, `VLLMUnreachable`) is marked dead and the request goes to another, so
+  (retried `replica_retries` times, `VLLMUnreachable`) is marked dead and the request goes to another, so
   the episode goes on; a dead replica is probed in the background `probe_s` later (then at doubling
   intervals up to `max_probe_s`) and rejoins once it answers, serves the base model and has the
   adapter again (the name rules above hold per replica). With every replica dead, each is probed
