@@ -228,9 +228,11 @@ class VLLMEngine:
         def client(url: str, policy: RetryPolicy, error: type[VLLMError]) -> OpenAIHTTP:
             # user:password in the URL (a proxy in front of the server) is Basic auth; with a key
             # too it is refused (both need the Authorization header)
+            # a replica's failure is one part of the all-down line, which gives the hint once
             return OpenAIHTTP(
                 url, api_key=key or None, timeout_s=timeout_s, policy=policy, error=error,
-                label=f"the vLLM server at {redact_url(url)}", hint=_SERVER_HINT, keep_query=False,
+                label=redact_url(url) if several else f"the vLLM server at {redact_url(url)}",
+                hint="" if several else _SERVER_HINT, keep_query=False,
                 max_connections=max_concurrency, sleep=sleep, transport=transport,
             )
 
