@@ -56,6 +56,16 @@ def test_method_and_m_must_agree() -> None:
         pipeline.preset_config("tiny", "d", iterations=-1)
 
 
+def test_task_names_are_checked_when_the_run_is_set_up() -> None:
+    """A misspelt task name, or names on an env whose tasks have none (WebShop), is one line from the
+    settings, before a store, a server or a game is touched."""
+    assert config(task_names=["find-non-living-thing"]).task_names == ["find-non-living-thing"]
+    with pytest.raises(ValueError, match=r"unknown ScienceWorld task\(s\) \['find-non-livng-thing'\]"):
+        config(task_names=["find-non-livng-thing"])
+    with pytest.raises(PipelineError, match=r"webshop tasks have no names to filter by \(boil\)"):
+        pipeline.preset_config("tiny", "w", env="webshop", task_names=["boil"])
+
+
 @pytest.mark.parametrize("method", ["sft-all", "nat"])
 def test_offline_baselines_are_one_iteration_on_expert_data(db, method) -> None:
     with pytest.raises(ValueError, match=f"{method} is trained once on expert data"):

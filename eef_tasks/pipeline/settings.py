@@ -87,6 +87,11 @@ class RunConfig(BaseModel):
                              "n_sims and iterations must be 0")
         if self.method in OFFLINE_METHODS and self.bc_adapter:
             raise ValueError(f"{self.method} trains its own iteration-0 adapter from the base model: no bc_adapter")
+        if self.task_names:  # a misspelt name, or names where the env has none: refused before anything runs
+            try:
+                registry.task_name_filter(self.env, self.task_names)
+            except EnvError as exc:
+                raise ValueError(str(exc)) from None
         if self.report_split is not None and self.report_split == self.eval_split:
             raise ValueError(f"report_split {self.report_split!r} is eval_split already: leave it empty or use the other split")
         if self.search == "binary":
