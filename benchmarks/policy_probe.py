@@ -33,7 +33,7 @@ from eef_tasks.pipeline import set_torch_threads  # noqa: E402
 from eef_tasks.training import TrainConfig, train_adapter  # noqa: E402
 
 KEYS = {"lr": ("learning_rate", float), "epochs": ("epochs", int), "r": ("lora_r", int),
-        "dropout": ("lora_dropout", float), "batch": ("batch_size", int), "len": ("max_length", int)}
+        "dropout": ("lora_dropout", float), "batch": ("batch_size", int), "micro": ("micro_batch", int), "len": ("max_length", int)}
 
 
 def parse_setting(text: str) -> dict:

@@ -23,7 +23,7 @@ from pathlib import Path
 from eef_tasks import interrupt
 from eef_tasks.errors import UserError
 from eef_tasks.pipeline.phases import run_phase
-from eef_tasks.pipeline.runs import PHASES
+from eef_tasks.pipeline.runs import MODEL_PHASES, PHASES
 from eef_tasks.pipeline.errors import PipelineError
 
 PROGRESS_PREFIX = "@@progress "
@@ -82,18 +82,42 @@ def _supervise_phase(cmd, phase, run_id, iteration, on_log, on_progress, env) ->
     return result
 
 
-def set_torch_threads(phase: str) -> None:
-    """CPU threads for torch in a phase process: $EEF_TORCH_THREADS, else all cores for training and
-    half of them for rollouts, whose game processes need the rest (on a 2-core machine, two torch
-    threads beside the JVMs made generation ~5x slower than one)."""
+def idle_cores() -> int:
+    """Cores not taken by other runnable work: the core count less the last minute's load average
+    (whole processes), at least 1."""
+    n = os.cpu_count() or 1
+    try:
+        busy = int(os.getloadavg()[0])
+    except OSError:  # pragma: no cover - no load average on this platform
+        busy = 0
+    return max(1, n - busy)
+
+
+def torch_threads(phase: str) -> int:
+    """$EEF_TORCH_THREADS, else the idle cores for training and selection, and half the cores (at
+    most the idle ones) for rollouts, whose game processes need the rest. More torch threads than
+    free cores is far worse than too few: OpenMP's threads wait for each other whenever one is
+    descheduled. Measured on the 2-core machine at load ~5: a LoRA step of 2 x ~520 tokens took
+    ~40 s with two threads and ~4.4 s with one; two torch threads beside the JVMs made generation
+    ~5x slower than one."""
     wanted = os.environ.get("EEF_TORCH_THREADS")
-    n = int(wanted) if wanted else (os.cpu_count() or 1) if phase in ("train", "select") else max(1, (os.cpu_count() or 2) // 2)
+    if wanted:
+        return max(1, int(wanted))
+    if phase in ("train", "select"):
+        return idle_cores()
+    return max(1, min((os.cpu_count() or 2) // 2, idle_cores()))
+
+
+def set_torch_threads(phase: str) -> int:
+    """Set torch's CPU threads for a phase process (`torch_threads`); returns the number."""
+    n = torch_threads(phase)
     try:
         import torch  # heavy: only phase processes and model commands set its threads
 
-        torch.set_num_threads(max(1, n))
+        torch.set_num_threads(n)
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
+    return n
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,7 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             last[0] = now
             print(PROGRESS_PREFIX + json.dumps([done, total]), flush=True)
 
-    set_torch_threads(args.phase)
+    threads = set_torch_threads(args.phase)
+    if args.phase in MODEL_PHASES:
+        logging.getLogger("eef_tasks.pipeline").info("%s: %d torch thread(s) on %d cores", args.phase, threads,
+                                                     os.cpu_count() or 1)
     with interrupt.handlers(f"{args.phase} of {args.run} iteration {args.iteration}"):
         try:
             summary = run_phase(args.db, args.run, args.iteration, args.phase, progress)
