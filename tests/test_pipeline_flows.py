@@ -205,22 +205,13 @@ def _phase_children(db: Path) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
-def test_killed_run_resumes_to_the_same_rows(full_run, tmp_path) -> None:
-    _, full_db, _, _, _ = full_run
-    db = tmp_path / "eef.duckdb"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(_eef_run_args(db, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env, start_new_session=True)
+def _kill_flow_process(proc: subprocess.Popen, db: Path) -> None:
+    """SIGKILL to `eef run` only: its phase child, workers, JVMs and temporary Prefect server must
+    die with it."""
     try:
-        # iteration 1 of the eef run: exploration stored, simulation under way
-        _wait_for_phase(db, "t-eef", 1, "explore", proc, timeout=600)
-        before = _rows(db)
-        with store.reader(db) as con:
-            explored = sorted(con.execute(
-                "SELECT traj_id, reward, n_steps, meta::VARCHAR FROM trajectories WHERE purpose = 'explore'").fetchall())
         procs = tree(proc.pid)  # eef run, the temporary Prefect server, the phase, its workers and JVMs
         assert any("uvicorn" in cmdline(p) for p in procs)
-        os.kill(proc.pid, signal.SIGKILL)  # the flow process only: its phase child must die with it
+        os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         deadline = time.monotonic() + 15
         while (_phase_children(db) or survivors(procs)) and time.monotonic() < deadline:
@@ -232,8 +223,77 @@ def test_killed_run_resumes_to_the_same_rows(full_run, tmp_path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)  # leftovers, e.g. the temporary Prefect server
         except ProcessLookupError:
             pass
+
+
+def _stop_in_phase(args: list[str], env: dict, work: Path, sig: int, needle: str, where: str) -> None:
+    """Start `eef run`, wait until a phase process matching `needle` plays its games, send `sig` as
+    a terminal (SIGINT to the group) or `docker stop` (SIGTERM to `eef run`) would: the phase
+    process, the flow (marked crashed on the server), then the temporary server stop; one line,
+    130 / 143, no traceback, no survivor."""
+    err = work / f"err-{sig}.log"
+    proc = start(args, env, work / f"out-{sig}.log", err)
+    try:
+        wait_for(has_descendant(proc, needle), proc, 600, f"the phase process {needle!r}")
+        wait_for(has_descendant(proc, "java"), proc, 120, "its games to start")
+        time.sleep(1.0)
+        assert any("uvicorn" in cmdline(p) for p in tree(proc.pid))
+        status, took, after, alive = stop_and_check(proc, sig, err)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert status == 128 + sig, after[-3000:]
+    assert took < 60, f"took {took:.1f} s to stop"
+    assert after.strip().splitlines() == [LINE.format(where)]
+    assert "Traceback" not in err.read_text()
+    assert alive == [], "processes of the run survived it"
+    states = _prefect_states(Path(env["PREFECT_HOME"]))
+    assert "RUNNING" not in states["flow_run"] + states["task_run"], states
+    assert "CRASHED" in states["flow_run"] and "CRASHED" in states["task_run"], states
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_killed_and_stopped_run_resumes_to_the_same_rows(full_run, tmp_path) -> None:
+    """One store, stopped three ways in turn, each time resumed by the same command: SIGKILL to
+    `eef run` once iteration 1's exploration is stored; Ctrl-C (SIGINT to the process group) in the
+    simulations of that iteration; SIGTERM (to `eef run` only) in the baseline's exploration; the
+    last rerun ends with exactly the rows of the uninterrupted run, nothing duplicated, and what
+    was stored before each stop untouched. (One chain instead of three runs keeps CI short.)"""
+    _, full_db, _, _, _ = full_run
+    db = tmp_path / "eef.duckdb"
+    args = _eef_run_args(db, tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    # 1. SIGKILL after iteration 1's exploration is stored (simulation under way)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, start_new_session=True)
+    try:
+        _wait_for_phase(db, "t-eef", 1, "explore", proc, timeout=600)
+        before = _rows(db)
+        with store.reader(db) as con:
+            explored = sorted(con.execute(
+                "SELECT traj_id, reward, n_steps, meta::VARCHAR FROM trajectories WHERE purpose = 'explore'").fetchall())
+    finally:
+        _kill_flow_process(proc, db)
     assert ("t-eef", 1, "train") not in before["phases"]
 
+    # 2. and 3. Ctrl-C, then SIGTERM, each in a later model phase, under a server of their own
+    signalled = {**env, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    signalled.pop("PREFECT_API_URL", None)
+    _stop_in_phase(args, signalled, tmp_path, signal.SIGINT, f"eef_tasks.pipeline simulate --db {db} --run t-eef",
+                   "simulate of t-eef iteration 1")
+    middle = _rows(db)
+    assert set(before["trajectories"]) <= set(middle["trajectories"])
+    assert ("t-eef", 1, "explore") in middle["phases"] and ("t-eef", 1, "simulate") not in middle["phases"]
+    _stop_in_phase(args, signalled, tmp_path, signal.SIGTERM, f"eef_tasks.pipeline explore --db {db} --run t-rft",
+                   "explore of t-rft iteration 1")
+    late = _rows(db)
+    assert set(middle["trajectories"]) <= set(late["trajectories"])
+    assert ("t-eef", 1, "evaluate") in late["phases"] and ("t-rft", 1, "explore") not in late["phases"]
+
+    # 4. the last rerun finishes like the uninterrupted run
     _rerun_ends_like_the_full_run(db, tmp_path, env, full_db, before, explored)
 
 
@@ -268,44 +328,3 @@ def _prefect_states(home: Path) -> dict[str, list[str]]:
     with sqlite3.connect(home / "prefect.db") as con:
         return {table: sorted(r[0] for r in con.execute(f"SELECT state_type FROM {table}"))
                 for table in ("flow_run", "task_run")}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_stopped_run_exits_cleanly_and_resumes_to_the_same_rows(full_run, tmp_path, sig) -> None:
-    """Ctrl-C (SIGINT to the process group, as a terminal sends it) or SIGTERM (to `eef run` only,
-    as `docker stop` sends it) inside a model phase: the phase process, the flow (marked crashed on
-    the server), then the temporary server stop; one line, 130 / 143; the rerun resumes."""
-    _, full_db, _, _, _ = full_run
-    db, home = tmp_path / "eef.duckdb", tmp_path / "prefect-home"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PREFECT_HOME": str(home)}
-    env.pop("PREFECT_API_URL", None)
-    err = tmp_path / "err.log"
-    proc = start(_eef_run_args(db, tmp_path), env, tmp_path / "out.log", err)
-    try:
-        wait_for(has_descendant(proc, "eef_tasks.pipeline explore"), proc, 600, "iteration 1's explore phase")
-        wait_for(has_descendant(proc, "java"), proc, 120, "the explore phase's games to start")
-        time.sleep(1.0)
-        procs = tree(proc.pid)
-        assert any("uvicorn" in cmdline(p) for p in procs)
-        status, took, after, alive = stop_and_check(proc, sig, err)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    assert status == 128 + sig, after[-3000:]
-    assert took < 60, f"took {took:.1f} s to stop"
-    assert after.strip().splitlines() == [LINE.format("explore of t-eef iteration 1")]
-    assert "Traceback" not in err.read_text()
-    assert alive == [], "processes of the run survived it"
-    states = _prefect_states(home)
-    assert "RUNNING" not in states["flow_run"] + states["task_run"], states
-    assert "CRASHED" in states["flow_run"] and "CRASHED" in states["task_run"], states
-
-    before = _rows(db)
-    assert ("t-eef", 1, "explore") not in before["phases"] and ("t-eef", 0, "evaluate") in before["phases"]
-    with store.reader(db) as con:
-        explored = sorted(con.execute(
-            "SELECT traj_id, reward, n_steps, meta::VARCHAR FROM trajectories WHERE purpose = 'explore'").fetchall())
-    _rerun_ends_like_the_full_run(db, tmp_path, env, full_db, before, explored)
