@@ -279,10 +279,11 @@ def export_dpo_cmd(
     run: Annotated[str, typer.Option("--run", help="the run whose training set the pairs come from")],
     iteration: Annotated[int, typer.Option("--iteration", help=">= 1")],
     db: DbOption = store.DEFAULT_DB,
-    method: Annotated[str, typer.Option("--method", help="eef or rft")] = "eef",
+    method: Annotated[str, typer.Option("--method", help="eef or rft (important states), or eto (view eto_pairs)")] = "eef",
     force: Annotated[bool, typer.Option("--force", help="replace an existing output file")] = False,
 ) -> None:
-    """Preference pairs of important states (view preference_pairs) as TRL DPO JSONL: prompt, chosen, rejected."""
+    """Preference pairs of important states (view preference_pairs; --method eto: view eto_pairs) as TRL DPO
+    JSONL: prompt, chosen, rejected."""
     from eef_tasks import preferences
 
     if str(path) == "-":
@@ -411,7 +412,7 @@ def train(
     out_dir: Annotated[Path | None, typer.Option("--out", help="adapter folder (default data/adapters/<run>/<method>-it<N>)")] = None,
     sft_adapter: Annotated[Path | None, typer.Option(
         "--sft-adapter", help="dpo: the SFT adapter to continue (default data/adapters/<run>/<pairs-from>-it<N>)")] = None,
-    pairs_from: Annotated[str, typer.Option("--pairs-from", help="dpo: the training set whose pairs to use, eef or rft")] = "eef",
+    pairs_from: Annotated[str, typer.Option("--pairs-from", help="dpo: the training set whose pairs to use, eef or rft; or eto (a run's explorations)")] = "eef",
     beta: Annotated[float | None, typer.Option("--beta", help="dpo: DPO's beta (default 0.1)")] = None,
     base_model: Annotated[str | None, typer.Option("--base-model", help="local path or name (default: SmolLM2-135M-Instruct)")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs")] = None,
@@ -581,7 +582,8 @@ def run_cmd(
     rft_samples: Annotated[int, typer.Option("--rft-samples", help="k of the RFT baseline (RFT x k)")] = 1,
     extra: Annotated[str | None, typer.Option(
         "--extra", help="more runs, comma-separated: sft-all, nat (offline baselines), eef-binary (EEF with "
-                        "search=binary); runs NAME-<extra>")] = None,
+                        "search=binary), eto (ETO), eef+dpo (EEF then DPO), rft-xK (RFT with K samples); "
+                        "runs NAME-<extra> ('+' as '-')")] = None,
     settings: Annotated[list[str] | None, typer.Option("--set", help="override a run setting: KEY=VALUE (JSON), e.g. iterations=3")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="where the comparison table and plot go")] = Path("data/reports"),
     env: Annotated[str | None, typer.Option("--env", help="a registered environment: " + ", ".join(registry.BACKENDS))] = None,
@@ -589,7 +591,7 @@ def run_cmd(
 ) -> None:
     """The whole method end to end (Prefect flow `experiment`): expert data, EEF, RFT, comparison."""
     from flows.local_server import temporary_server  # Prefect loads only for the flow commands
-    from flows.pipeline import ExperimentParams, experiment_flow
+    from flows.pipeline import ExperimentParams, experiment_flow, extra_run_id
 
     from eef_tasks.pipeline import preset_config  # RunConfig (pydantic, training settings), only for `eef run`
     from eef_tasks import report  # polars loads only for the commands that use it
@@ -605,7 +607,7 @@ def run_cmd(
         "run settings")
     with temporary_server():  # none configured: one that stops last and dies with this process
         result = experiment_flow(params)
-    _print_comparison(report.comparison(db, [f"{name}-{m}" for m in ("eef", "rft", *params.extra_runs)]),
+    _print_comparison(report.comparison(db, [extra_run_id(name, m) for m in ("eef", "rft", *params.extra_runs)]),
                       f"EEF vs RFT{''.join(', ' + m for m in params.extra_runs)} ({preset} preset; win rates in %)")
     out.print(f"table: {escape(str(result['table']))}  plot: {escape(str(result['plot']))}")
     out.print(f"Try: eef sql --db {escape(str(db))} \"SELECT * FROM run_comparison\"")

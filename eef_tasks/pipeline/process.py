@@ -87,7 +87,7 @@ def set_torch_threads(phase: str) -> None:
     half of them for rollouts, whose game processes need the rest (on a 2-core machine, two torch
     threads beside the JVMs made generation ~5x slower than one)."""
     wanted = os.environ.get("EEF_TORCH_THREADS")
-    n = int(wanted) if wanted else (os.cpu_count() or 1) if phase in ("train", "select") else max(1, (os.cpu_count() or 2) // 2)
+    n = int(wanted) if wanted else (os.cpu_count() or 1) if phase in ("train", "dpo", "select") else max(1, (os.cpu_count() or 2) // 2)
     try:
         import torch  # heavy: only phase processes and model commands set its threads
 
