@@ -32,7 +32,7 @@ _HOMES = {
     "settings": ("DPO_PAIRS", "MUTABLE_SETTINGS", "OFFLINE_METHODS", "RunConfig", "config_hash", "preset_config", "validation_message"),
     "errors": ("PipelineError",),
     "runs": ("BC_PHASES", "MODEL_PHASES", "PHASES", "adapter_dir", "dpo_adapter_dir", "finished_phases", "load_run",
-             "mark_phase", "next_iteration", "phases_of", "policy_adapter", "policy_phase", "register_run",
+             "mark_phase", "next_iteration", "phase_adapter", "phases_of", "policy_adapter", "policy_phase", "register_run",
              "require_earlier_phases", "store_id"),
     "phases": ("PHASE_FUNCTIONS", "run_iteration", "run_phase"),
     "slot": ("gpu_slot",),

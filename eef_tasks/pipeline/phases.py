@@ -37,6 +37,7 @@ from eef_tasks.pipeline.runs import (
     load_run,
     mark_phase,
     next_iteration,
+    phase_adapter,
     phases_of,
     policy_adapter,
     require_earlier_phases,
@@ -297,7 +298,7 @@ def dpo(db, config: RunConfig, iteration: int, progress: Progress | None) -> dic
     from eef_tasks.dpo import train_dpo  # TRL loads only in dpo phases
 
     method = config.dpo_pairs
-    start = policy_adapter(db, config, iteration) if "train" in phases_of(iteration, config) else \
+    start = phase_adapter(db, config, iteration, "train") if "train" in phases_of(iteration, config) else \
         policy_adapter(db, config, iteration - 1)
     with store.reader(db) as con:
         keys = preferences.pair_rows(con, config.run_id, iteration, method)

@@ -196,7 +196,11 @@ def adapter_dir(config: RunConfig, iteration: int) -> Path:
 def policy_adapter(db: str | Path, config: RunConfig, iteration: int) -> Path:
     """The adapter that iteration `iteration`'s train phase (dpo phase, where it has one) produced or
     carried over."""
-    phase = policy_phase(iteration, config)
+    return phase_adapter(db, config, iteration, policy_phase(iteration, config))
+
+
+def phase_adapter(db: str | Path, config: RunConfig, iteration: int, phase: str) -> Path:
+    """The adapter that phase `phase` (train or dpo) of iteration `iteration` produced or carried over."""
     done = finished_phases(db, config.run_id).get((iteration, phase))
     if done is None:
         raise PipelineError(
