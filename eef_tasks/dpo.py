@@ -5,8 +5,9 @@
 training set (view `preference_pairs`), or ETO's pairs of a run's explorations (method 'eto', view
 `eto_pairs`), as records from `eef_tasks.preferences` (TRL's conversational prompt / chosen /
 rejected); loads the base model with the iteration's SFT adapter as a trainable peft model, and
-lets TRL continue that adapter with DPO. The reference policy is the SFT adapter itself: TRL adds a frozen copy of it (adapter "ref") when it is given a peft model with a
-pretrained adapter, so nothing of the loss is re-derived here. The result is an ordinary adapter
+lets TRL continue that adapter with DPO. The reference policy is the SFT adapter itself: TRL adds a
+frozen copy of it (adapter "ref") when it is given a peft model with a pretrained adapter, so
+nothing of the loss is re-derived here. The result is an ordinary adapter
 folder (the "default" adapter only, the tokenizer, and eef-train.json with method 'dpo', the base
 model, the SFT adapter and the pairs), written atomically like `eef train`'s, so every engine loads
 it as it loads any adapter.
