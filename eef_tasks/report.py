@@ -109,6 +109,8 @@ DISPLAY: list[tuple[str, str, Callable[[object], str]]] = [
     ("n_eval_tasks", "eval tasks", _count),
     ("win_rate", "win rate %", _percent),
     ("mean_reward", "mean reward", _reward),
+    ("search", "search", _count),
+    ("n_dpo_pairs", "DPO pairs", _count),
 ]
 
 
