@@ -53,7 +53,7 @@ from eef_tasks.experts.llm import (
     LLMExpertError,
     cost_usd,
 )
-from eef_tasks.experts.synthetic import DEFAULT_SUCCESS_RATE, FAILURE_MODES
+from eef_tasks.experts.synthetic import FAILURE_MODES, success_rate_of
 from eef_tasks.records import TaskRecord, TrajectoryRecord, write_trajectories
 from eef_tasks.store import StoreError, reader, writer
 
@@ -228,7 +228,7 @@ def collect_experts(
     batch_size: int = DEFAULT_BATCH_SIZE,
     cache_dir: str | Path | None = None,
     simplifications: str | None = None,
-    success_rate: float = DEFAULT_SUCCESS_RATE,
+    success_rate: float | None = None,
     failure_modes: Sequence[str] | None = None,
     retries: int = 2,
     timeout_s: float = 600.0,
@@ -307,7 +307,7 @@ def collect_experts(
             {
                 "task_id": spec.task_id, "expert": expert, "seed": s,
                 "gold": g.to_json() if (g := golds[spec.task_id]) else None,
-                "max_steps": spec.max_steps, "success_rate": success_rate,
+                "max_steps": spec.max_steps, "success_rate": success_rate_of(expert, success_rate),
                 "failure_modes": list(failure_modes) if failure_modes else None,
             }
             for spec, s in todo

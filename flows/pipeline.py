@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from eef_tasks import pipeline, report, store
 from eef_tasks.credentials import VLLM_KEY_HINT, refuse_url_credentials
 from eef_tasks.envs import registry
+from eef_tasks.experts.synthetic import SYNTHETIC_EXPERTS
 from eef_tasks.pipeline import RunConfig, presets
 from flows import local_server  # the __main__ entry point: Ctrl-C / SIGTERM give one line, 130 / 143
 from flows import artifacts
@@ -102,8 +103,11 @@ class ExperimentParams(BaseModel):
     db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store")
     preset: str = Field("demo", description="run settings to start from: " + presets.describe())
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the runs are called NAME-eef and NAME-rft, e.g. demo-eef and demo-rft")
-    expert: Literal["synthetic", "gold", "none"] = Field(
+    expert: Literal["synthetic", "synthetic-cheap", "gold", "none"] = Field(
         "synthetic", description="collect this expert's trajectories on the training tasks first (none: use the store's)")
+    more_experts: list[Literal["synthetic", "synthetic-cheap", "gold"]] = Field(
+        default_factory=list, description="collect these experts' trajectories too, e.g. synthetic-cheap beside synthetic "
+                                          "(a weaker, cheaper expert: the paper's GPT-3.5 beside GPT-4)")
     expert_seeds: list[int] | None = Field(
         None, description="synthetic expert: one trajectory per seed (None: the preset's, else [0, 1])")
     failure_modes: list[str] | None = Field(
@@ -326,16 +330,17 @@ def experiment_flow(params: ExperimentParams = ExperimentParams()) -> dict:
     """Collect expert data, run EEF and RFT from one preset (sharing the BC adapter) and the extra runs
     asked for, compare them."""
     eef_config = pipeline.preset_config(params.preset, f"{params.name}-eef", "eef", **params.overrides)
-    if params.expert != "none":
-        recipe = presets.expert_of(params.preset)
+    recipe = presets.expert_of(params.preset)
+    for expert in [e for e in (params.expert, *params.more_experts) if e != "none"]:
+        synthetic = expert in SYNTHETIC_EXPERTS
         # offline experts play the task env's own backend (a run on agentgym:sciworld learns from
         # expert data collected in eef's ScienceWorld: the same task ids)
         collect_flow(CollectParams(
-            db=params.db, env=registry.backend(eef_config.task_env).name, expert=params.expert, split=["train"],
+            db=params.db, env=registry.backend(eef_config.task_env).name, expert=expert, split=["train"],
             tasks=eef_config.task_names,
             task_ids=eef_config.train_tasks, limit=eef_config.train_limit,
-            seeds=(params.expert_seeds or recipe["seeds"]) if params.expert == "synthetic" else [0],
-            failure_modes=(params.failure_modes or recipe["failure_modes"]) if params.expert == "synthetic" else [],
+            seeds=(params.expert_seeds or recipe["seeds"]) if synthetic else [0],
+            failure_modes=(params.failure_modes or recipe["failure_modes"]) if synthetic else [],
             workers=min(eef_config.workers, 4),
         ))
     eef = pipeline.register_run(params.db, eef_config)

@@ -149,9 +149,10 @@ class StoreBuilder:
         self.actions[traj_id] = actions
         return traj_id
 
-    def expert(self, traj_id: str, task_id: str, n_steps: int, success: bool) -> str:
+    def expert(self, traj_id: str, task_id: str, n_steps: int, success: bool, expert: str = "gold",
+               meta: dict | None = None) -> str:
         actions = [f"{traj_id}:a{k}" for k in range(n_steps)]
-        return self._write(traj_id, task_id, actions, success, source="expert", expert="gold")
+        return self._write(traj_id, task_id, actions, success, source="expert", expert=expert, meta=meta)
 
     def rollout(
         self,
