@@ -66,6 +66,10 @@ def reference_rows(
     con: duckdb.DuckDBPyConnection, run_id: str, iteration: int, method: str, n_sims: int
 ) -> list[tuple]:
     splits, trajs = selection_reference.load(con)
+    row = store.first_row(con, "SELECT experts FROM runs WHERE run_id = $r", {"r": run_id})
+    if row is not None and row[0] is not None:  # runs.experts: the run learns from these experts only
+        names = dict(con.execute("SELECT traj_id, expert FROM trajectories WHERE source = 'expert'").fetchall())
+        trajs = [t for t in trajs if t.source != "expert" or names[t.traj_id] in row[0]]
     return selection_reference.select(splits, trajs, run_id, iteration, method, n_sims, run_search(con, run_id))
 
 

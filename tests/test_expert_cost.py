@@ -113,3 +113,29 @@ def test_cost_table_is_win_rate_per_dollar(con, build, db_path, tmp_path):
     assert dict(zip(headers, cells[0], strict=True))["win rate % per $"] == "444.83"
     plot = expert_cost.cost_plot(table, tmp_path / "cost.svg")
     assert plot.read_text().lstrip().startswith("<?xml")
+
+
+# --- a run that learns from some experts only (runs.experts, macro uses_expert) ----------------------
+
+
+def test_a_run_learns_only_from_its_experts(con, build):
+    """Run 'big' learns from `synthetic` only, run-1 from every expert: the same store, two expert sources.
+    Beside the table above, c3: synthetic-cheap, t2, 4 steps, failed (0.00183 $)."""
+    cost_store(build)
+    build.expert("c3", "t2", 4, False, expert="synthetic-cheap", meta=_cost("synthetic-cheap", 4))
+    con.execute("INSERT INTO runs (run_id, n_sims, method, experts) VALUES ('big', 1, 'eef', ['synthetic'])")
+    select_checked(con, RUN, 0, "bc", n_sims=1)
+    assert sorted(e.traj_id for e in select_checked(con, "big", 0, "bc")) == ["b1"]  # not c1, not g1
+    assert sorted(e.traj_id for e in select_checked(con, RUN, 0, "bc")) == ["b1", "c1", "g1"]
+    assert sorted(e.traj_id for e in select_checked(con, "big", 0, "sft-all")) == ["b1", "b2", "b3"]
+    # M = 1: l = max(1, T // 2), the failed experts' checkpoint s_l; c3 (synthetic-cheap) is run-1's only
+    # (c2 has one action: no state 0 < k < 1)
+    assert con.execute("SELECT run_id, expert_traj_id, step FROM expert_checkpoints ORDER BY ALL").fetchall() == [
+        ("big", "b2", 1), ("big", "b3", 1), (RUN, "b2", 1), (RUN, "b3", 1), (RUN, "c3", 2)]
+    # ETO: a failed exploration of t2 pairs with c1 for run-1; 'big' has no expert success on t2
+    build.rollout("x-big", "t2", iteration=1, success=False, run_id="big")
+    build.rollout("x-all", "t2", iteration=1, success=False)
+    assert con.execute("SELECT run_id, chosen_traj_id, rejected_traj_id FROM eto_pairs ORDER BY ALL").fetchall() == [
+        (RUN, "c1", "x-all")]
+    assert _rows(con, "SELECT run_id, n_trajectories, n_success, cost_usd FROM run_expert_cost "
+                      "WHERE expert IS NULL ORDER BY run_id") == [("big", 3, 1, 0.2232), (RUN, 7, 3, 0.226635)]

@@ -248,6 +248,15 @@ def test_register_resolves_task_sets_once_and_fixes_settings(db) -> None:
         assert con.execute("SELECT n_sims FROM runs WHERE run_id = 'r1'").fetchall() == [(2,)]
 
 
+def test_a_run_may_learn_from_some_experts_only(db) -> None:
+    run = pipeline.register_run(db, config(experts=["synthetic"]))
+    assert run.train_tasks == sorted(TASKS)
+    with store.reader(db) as con:
+        assert con.execute("SELECT experts FROM runs WHERE run_id = 'r1'").fetchall() == [(["synthetic"],)]
+    with pytest.raises(PipelineError, match="no training tasks"):  # no gold data in the store
+        pipeline.register_run(db, config(run_id="r2", experts=["gold"]))
+
+
 def test_no_training_tasks_is_a_clear_error(db) -> None:
     with pytest.raises(PipelineError, match="no training tasks.*named boil.*eef collect"):
         pipeline.register_run(db, config(task_names=["boil"]))

@@ -71,16 +71,18 @@ def register_run(db: str | Path, config: RunConfig) -> RunConfig:
             raise PipelineError(f"no {config.eval_split} tasks to evaluate on"
                                 + (f" named {', '.join(config.task_names)}" if config.task_names else ""))
         if row is None:
-            con.execute("INSERT INTO runs (run_id, n_sims, method, search) VALUES ($r, $m, $method, $search)",
-                        {"r": config.run_id, "m": config.n_sims, "method": config.method, "search": config.search})
+            con.execute("INSERT INTO runs (run_id, n_sims, method, search, experts) "
+                        "VALUES ($r, $m, $method, $search, $experts)",
+                        {"r": config.run_id, "m": config.n_sims, "method": config.method, "search": config.search,
+                         "experts": config.experts or None})
         _write_config(con, resolved, config.model_dump(mode="json"))
         return resolved
 
 
 def _write_config(con: Any, config: RunConfig, requested: dict) -> None:
     con.execute(
-        "UPDATE runs SET config = $c, method = $method, search = $search WHERE run_id = $r",
-        {"r": config.run_id, "method": config.method, "search": config.search,
+        "UPDATE runs SET config = $c, method = $method, search = $search, experts = $experts WHERE run_id = $r",
+        {"r": config.run_id, "method": config.method, "search": config.search, "experts": config.experts or None,
          "c": json.dumps({"config": config.model_dump(mode="json"), "requested": requested})},
     )
 
@@ -93,8 +95,9 @@ def _train_tasks(con: Any, config: RunConfig) -> list[str]:
            FROM tasks AS task
            JOIN trajectories AS traj USING (task_id)
            WHERE task.split = 'train' AND traj.source = 'expert' AND task.env = $env
+             AND uses_expert($experts::VARCHAR[], traj.expert)
            ORDER BY task.task_id""",
-        {"env": config.task_env},
+        {"env": config.task_env, "experts": config.experts or None},
     ).fetchall()]
     try:
         return registry.narrow_tasks(config.env, ids, config.task_names, config.train_limit)

@@ -55,6 +55,8 @@ class RunConfig(BaseModel):
     env_url: str | None = Field(None, description="server of an environment that has one (agentgym:*; several, comma-separated, share the episodes; "
                                                   "default $EEF_AGENTGYM_WEBSHOP_URL for agentgym:webshop, …, then $EEF_AGENTGYM_URL)")
     task_names: list[str] = Field(default_factory=list, description="restrict to these task names, e.g. find-plant; empty = all")
+    experts: list[str] = Field(default_factory=list, description="learn only from these experts' trajectories, e.g. "
+                                                                 "synthetic; empty = every expert in the store")
     train_tasks: list[str] = Field(default_factory=list, description="training task ids; empty = train tasks in the store with expert data")
     train_limit: int | None = Field(None, ge=1, description="at most this many training tasks")
     eval_split: Literal["dev", "test"] = Field("dev", description="split the adapters are evaluated on")

@@ -5,7 +5,8 @@
 -- policy of iteration i - 1), starting from, and referenced to, that policy.
 -- Grain: one row per (run_id, iteration, rejected_traj_id): every failed explore rollout of a run
 --        that has at least one action, on a train-split task with an expert success of >= 1 action.
--- Inputs: trajectories (the run's explore rollouts; expert successes), tasks (split).
+-- Inputs: trajectories (the run's explore rollouts; expert successes of the run's experts:
+--         runs.experts, uses_expert), tasks (split).
 -- Rule (ETO; ties ours): rejected = the failed rollout (reward < 1 <= the expert's); chosen = the
 -- task's expert success with the fewest steps, then the smaller traj_id. Several failed rollouts of
 -- one task (RFT×k-style samples) each make a pair with the same chosen. Columns as preference_pairs
@@ -18,7 +19,7 @@ WITH train_tasks AS (
 ),
 
 expert_successes AS (
-    SELECT traj.task_id, traj.traj_id, traj.n_steps
+    SELECT traj.task_id, traj.traj_id, traj.n_steps, traj.expert
     FROM trajectories AS traj
     JOIN train_tasks USING (task_id)
     WHERE traj.source = 'expert'
@@ -26,16 +27,11 @@ expert_successes AS (
       AND traj.n_steps > 0
 ),
 
-chosen_per_task AS (
-    SELECT task_id, arg_min(traj_id, (n_steps, traj_id)) AS chosen_traj_id
-    FROM expert_successes
-    GROUP BY task_id
-),
-
 failed_explorations AS (
-    SELECT traj.run_id, traj.iteration, traj.task_id, traj.traj_id
+    SELECT traj.run_id, traj.iteration, traj.task_id, traj.traj_id, runs.experts
     FROM trajectories AS traj
     JOIN train_tasks USING (task_id)
+    LEFT JOIN runs USING (run_id)  -- a run without a row learns from every expert
     WHERE traj.source = 'policy'
       AND traj.purpose = 'explore'
       AND NOT traj.success
@@ -50,7 +46,10 @@ SELECT
     failed.task_id,
     NULL::VARCHAR AS state_traj_id,
     0 AS state_step,
-    chosen.chosen_traj_id,
+    arg_min(chosen.traj_id, (chosen.n_steps, chosen.traj_id)) AS chosen_traj_id,
     failed.traj_id AS rejected_traj_id
 FROM failed_explorations AS failed
-JOIN chosen_per_task AS chosen USING (task_id);
+JOIN expert_successes AS chosen
+    ON  chosen.task_id = failed.task_id
+    AND uses_expert(failed.experts, chosen.expert)
+GROUP BY failed.run_id, failed.iteration, failed.task_id, failed.traj_id;

@@ -1,5 +1,6 @@
--- run_expert_cost: what the expert data a run learns from cost: every expert trajectory on the run's
--- training tasks (failures included: they were paid for, whether a method uses them or not), by expert.
+-- run_expert_cost: what the expert data a run learns from cost: every expert trajectory of the run's
+-- experts (runs.experts, uses_expert) on its training tasks (failures included: they were paid for,
+-- whether a method uses them or not), by expert.
 -- The denominator of `eef compare --cost`'s win rate per unit of expert cost (eef_tasks/expert_cost.py).
 -- Grain: one row per (run_id, expert) with expert trajectories on the run's training tasks, plus one
 --        row per run with expert = NULL: the run's total over its experts.
@@ -38,8 +39,10 @@ run_experts AS (
         (traj.meta ->> '$.prompt_tokens')::BIGINT + (traj.meta ->> '$.completion_tokens')::BIGINT AS tokens,
         (traj.meta ->> '$.cost_usd')::DOUBLE AS cost_usd
     FROM run_tasks AS rt
+    JOIN runs USING (run_id)
     JOIN trajectories AS traj ON traj.task_id = rt.task_id
     WHERE traj.source = 'expert'
+      AND uses_expert(runs.experts, traj.expert)
 ),
 
 task_counts AS (
