@@ -322,6 +322,10 @@ def collect_experts(
                 if run.new_gold is not None:
                     _keep_gold(run.new_gold, cache_dir, summary)
                 summary.ran += 1
+                # a synthetic expert's stated cost (eef_tasks/experts/synthetic.py); gold has none
+                summary.prompt_tokens += int(run.meta.get("prompt_tokens") or 0)
+                summary.completion_tokens += int(run.meta.get("completion_tokens") or 0)
+                summary.cost_usd = round(summary.cost_usd + float(run.meta.get("cost_usd") or 0.0), 8)
                 summary.successes += run.success
                 summary.failures += not run.success
                 out.add(to_record(run, spec, with_task=False), task_record(spec, run.instruction))
