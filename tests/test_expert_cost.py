@@ -26,11 +26,15 @@ Run r-t1 (registered with training tasks [t1]): b1, b2, c2, g1: 4 trajectories, 
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
-from store_builders import RUN, select_checked
+from hypothesis import HealthCheck, given, settings
+from store_builders import RUN, insert_tasks, insert_trajectories, open_store, select_checked
+from test_selection_properties import MAX_ITERATION, RUNS, Spec, stores
 
-from eef_tasks import expert_cost
+from eef_tasks import expert_cost, selection
 from eef_tasks.experts.synthetic import SYNTHETIC_EXPERTS
 
 
@@ -139,3 +143,40 @@ def test_a_run_learns_only_from_its_experts(con, build):
         (RUN, "c1", "x-all")]
     assert _rows(con, "SELECT run_id, n_trajectories, n_success, cost_usd FROM run_expert_cost "
                       "WHERE expert IS NULL ORDER BY run_id") == [("big", 3, 1, 0.2232), (RUN, 7, 3, 0.226635)]
+
+
+# --- property: a run restricted to some experts selects as if the others' data were not there ---------
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=stores())
+def test_a_run_with_some_experts_selects_as_from_a_store_of_theirs_only(spec: Spec):
+    """Every other expert trajectory is relabelled `synthetic`; run A learns from `synthetic` only. Its
+    training sets (bc, sft-all, eef, rft at every iteration) in that store equal those of the same run,
+    unrestricted, in a store without the other experts' trajectories."""
+    experts = [t for t in spec.trajs if t.source == "expert"]
+    chosen = [t.traj_id for t in experts[::2]]
+    dropped = {t.traj_id for t in experts[1::2]}
+    run, n_sims = RUNS[0], spec.n_sims[RUNS[0]]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, trajs, restricted in (("all", spec.trajs, True),
+                                        ("theirs", [t for t in spec.trajs if t.traj_id not in dropped], False)):
+            con = open_store(Path(tmp) / f"{name}.duckdb")
+            try:
+                insert_tasks(con, spec.splits)
+                insert_trajectories(con, trajs)
+                con.execute("UPDATE trajectories SET expert = 'synthetic' WHERE list_contains($ids, traj_id)",
+                            {"ids": chosen})
+                selection.ensure_run(con, run, n_sims)
+                if restricted:
+                    con.execute("UPDATE runs SET experts = ['synthetic'] WHERE run_id = $r", {"r": run})
+                rows = []
+                for iteration, method in [(0, "bc"), (0, "sft-all"), *((i, m) for i in range(1, MAX_ITERATION + 1)
+                                                                        for m in ("eef", "rft"))]:
+                    selection.select_examples(con, run, iteration, method)
+                    rows.append(selection.fetch_examples(con, run, iteration, method))
+                results.append(rows)
+            finally:
+                con.close()
+    assert results[0] == results[1]
