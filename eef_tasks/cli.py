@@ -611,9 +611,12 @@ def run_cmd(
         "run settings")
     with temporary_server():  # none configured: one that stops last and dies with this process
         result = experiment_flow(params)
-    _print_comparison(report.comparison(db, [extra_run_id(name, m) for m in ("eef", "rft", *params.extra_runs)]),
+    run_ids = [extra_run_id(name, m) for m in ("eef", "rft", *params.extra_runs)]
+    _print_comparison(report.comparison(db, run_ids),
                       f"EEF vs RFT{''.join(', ' + m for m in params.extra_runs)} ({preset} preset; win rates in %)")
-    out.print(f"table: {escape(str(result['table']))}  plot: {escape(str(result['plot']))}")
+    _compare_cost(db, run_ids, CompareFormat.table, None)
+    out.print(f"table: {escape(str(result['table']))}  plot: {escape(str(result['plot']))}  "
+              f"cost: {escape(str(result['cost_table']))}")
     out.print(f"Try: eef sql --db {escape(str(db))} \"SELECT * FROM run_comparison\"")
 
 

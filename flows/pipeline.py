@@ -31,6 +31,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
+import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact,
@@ -38,7 +39,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from eef_tasks import pipeline, report, store
+from eef_tasks import expert_cost, pipeline, report, store
 from eef_tasks.credentials import VLLM_KEY_HINT, refuse_url_credentials
 from eef_tasks.envs import registry
 from eef_tasks.experts.synthetic import SYNTHETIC_EXPERTS
@@ -322,7 +323,14 @@ def compare_flow(params: CompareParams = CompareParams()) -> dict:
         key=artifact_key(f"compare-{name}-plot"), description="win rate per iteration per method",
     )
     print(table_md)
-    return {"rows": df.height, "plot": str(plot), "table": str(out / f"compare-{name}.csv")}
+    # win rate per unit of expert cost (eef compare --cost): the table, and its plot when a run has both
+    # costed expert data and a dev evaluation
+    costs = expert_cost.cost_table(params.db, params.run_ids or None)
+    costs.write_csv(out / f"cost-{name}.csv")
+    if costs.filter(pl.col("win_rate").is_not_null() & pl.col("expert_cost_usd").is_not_null()).height:
+        expert_cost.cost_plot(costs, out / f"win-rate-vs-cost-{name}.png")
+    return {"rows": df.height, "plot": str(plot), "table": str(out / f"compare-{name}.csv"),
+            "cost_table": str(out / f"cost-{name}.csv")}
 
 
 @flow(name="experiment", flow_run_name="{params.name}", log_prints=True)
