@@ -279,10 +279,11 @@ def export_dpo_cmd(
     run: Annotated[str, typer.Option("--run", help="the run whose training set the pairs come from")],
     iteration: Annotated[int, typer.Option("--iteration", help=">= 1")],
     db: DbOption = store.DEFAULT_DB,
-    method: Annotated[str, typer.Option("--method", help="eef or rft")] = "eef",
+    method: Annotated[str, typer.Option("--method", help="eef or rft (important states), or eto (view eto_pairs)")] = "eef",
     force: Annotated[bool, typer.Option("--force", help="replace an existing output file")] = False,
 ) -> None:
-    """Preference pairs of important states (view preference_pairs) as TRL DPO JSONL: prompt, chosen, rejected."""
+    """Preference pairs of important states (view preference_pairs; --method eto: view eto_pairs) as TRL DPO
+    JSONL: prompt, chosen, rejected."""
     from eef_tasks import preferences
 
     if str(path) == "-":
@@ -300,7 +301,8 @@ def export_dpo_cmd(
 def collect(
     db: DbOption = store.DEFAULT_DB,
     env: Annotated[str, typer.Option("--env", help="a registered environment (offline experts: scienceworld, webshop)")] = "scienceworld",
-    expert: Annotated[str, typer.Option("--expert", help="gold or synthetic (offline experts)")] = "gold",
+    expert: Annotated[str, typer.Option("--expert", help="gold, synthetic or synthetic-cheap (offline experts; "
+                                                        "synthetic-cheap fails more, priced as GPT-3.5), or llm")] = "gold",
     tasks: Annotated[list[str] | None, typer.Option("--tasks", help="task names, e.g. boil (repeatable or comma-separated)")] = None,
     task_id: Annotated[list[str] | None, typer.Option("--task-id", help="explicit task ids (repeatable)")] = None,
     split: Annotated[list[str] | None, typer.Option("--split", help="train, dev or test (repeatable)")] = None,
@@ -411,7 +413,7 @@ def train(
     out_dir: Annotated[Path | None, typer.Option("--out", help="adapter folder (default data/adapters/<run>/<method>-it<N>)")] = None,
     sft_adapter: Annotated[Path | None, typer.Option(
         "--sft-adapter", help="dpo: the SFT adapter to continue (default data/adapters/<run>/<pairs-from>-it<N>)")] = None,
-    pairs_from: Annotated[str, typer.Option("--pairs-from", help="dpo: the training set whose pairs to use, eef or rft")] = "eef",
+    pairs_from: Annotated[str, typer.Option("--pairs-from", help="dpo: the training set whose pairs to use, eef or rft; or eto (a run's explorations)")] = "eef",
     beta: Annotated[float | None, typer.Option("--beta", help="dpo: DPO's beta (default 0.1)")] = None,
     base_model: Annotated[str | None, typer.Option("--base-model", help="local path or name (default: SmolLM2-135M-Instruct)")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs")] = None,
@@ -577,11 +579,13 @@ def run_cmd(
     preset: Annotated[str, typer.Option("--preset", help="a recipe of eef_tasks/pipeline/presets/: " + presets.describe())] = "demo",
     db: DbOption = store.DEFAULT_DB,
     name: Annotated[str, typer.Option("--name", help="runs are NAME-eef and NAME-rft")] = "demo",
-    expert: Annotated[str, typer.Option("--expert", help="collect synthetic|gold expert data first, or none")] = "synthetic",
+    expert: Annotated[str, typer.Option("--expert", help="collect synthetic|synthetic-cheap|gold expert data first, "
+                                                        "or none; several comma-separated, e.g. synthetic,synthetic-cheap")] = "synthetic",
     rft_samples: Annotated[int, typer.Option("--rft-samples", help="k of the RFT baseline (RFT x k)")] = 1,
     extra: Annotated[str | None, typer.Option(
         "--extra", help="more runs, comma-separated: sft-all, nat (offline baselines), eef-binary (EEF with "
-                        "search=binary); runs NAME-<extra>")] = None,
+                        "search=binary), eto (ETO), eef+dpo (EEF then DPO), rft-xK (RFT with K samples); "
+                        "runs NAME-<extra> ('+' as '-')")] = None,
     settings: Annotated[list[str] | None, typer.Option("--set", help="override a run setting: KEY=VALUE (JSON), e.g. iterations=3")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="where the comparison table and plot go")] = Path("data/reports"),
     env: Annotated[str | None, typer.Option("--env", help="a registered environment: " + ", ".join(registry.BACKENDS))] = None,
@@ -589,25 +593,30 @@ def run_cmd(
 ) -> None:
     """The whole method end to end (Prefect flow `experiment`): expert data, EEF, RFT, comparison."""
     from flows.local_server import temporary_server  # Prefect loads only for the flow commands
-    from flows.pipeline import ExperimentParams, experiment_flow
+    from flows.pipeline import ExperimentParams, experiment_flow, extra_run_id
 
     from eef_tasks.pipeline import preset_config  # RunConfig (pydantic, training settings), only for `eef run`
     from eef_tasks import report  # polars loads only for the commands that use it
 
-    if expert not in ("synthetic", "gold", "none"):
-        raise store.StoreError("--expert must be synthetic, gold or none")
+    experts = [e.strip() for e in expert.split(",") if e.strip()]
+    if not experts or any(e not in ("synthetic", "synthetic-cheap", "gold", "none") for e in experts) \
+            or ("none" in experts and len(experts) > 1):
+        raise store.StoreError("--expert must be synthetic, synthetic-cheap, gold (several: comma-separated) or none")
     overrides = _overrides(settings)
     overrides.update({key: value for key, value in (("env", env), ("env_url", env_url)) if value is not None})
     preset_config(preset, f"{name}-eef", "eef", **overrides)  # bad settings: one line, before Prefect starts
     params = _validated(ExperimentParams, dict(
-        db=str(db), preset=preset, name=name, expert=expert, rft_samples=rft_samples,
+        db=str(db), preset=preset, name=name, expert=experts[0], more_experts=experts[1:], rft_samples=rft_samples,
         extra_runs=[x for x in (extra or "").split(",") if x], overrides=overrides, out_dir=str(out_dir)),
         "run settings")
     with temporary_server():  # none configured: one that stops last and dies with this process
         result = experiment_flow(params)
-    _print_comparison(report.comparison(db, [f"{name}-{m}" for m in ("eef", "rft", *params.extra_runs)]),
+    run_ids = [extra_run_id(name, m) for m in ("eef", "rft", *params.extra_runs)]
+    _print_comparison(report.comparison(db, run_ids),
                       f"EEF vs RFT{''.join(', ' + m for m in params.extra_runs)} ({preset} preset; win rates in %)")
-    out.print(f"table: {escape(str(result['table']))}  plot: {escape(str(result['plot']))}")
+    _compare_cost(db, run_ids, CompareFormat.table, None)
+    out.print(f"table: {escape(str(result['table']))}  plot: {escape(str(result['plot']))}  "
+              f"cost: {escape(str(result['cost_table']))}")
     out.print(f"Try: eef sql --db {escape(str(db))} \"SELECT * FROM run_comparison\"")
 
 
@@ -692,6 +701,10 @@ def compare(
                         "EEF minus each baseline with a 95 % bootstrap interval")] = None,
     results: Annotated[Path | None, typer.Option(
         "--out", help="with --group: also write the results folder (results.csv, differences.csv, results.md, win_rates.png)")] = None,
+    cost: Annotated[bool, typer.Option("--cost", help="per run instead: expert spend on its training tasks, best dev "
+                                                      "win rate, win rate per dollar (view run_expert_cost)")] = False,
+    cost_plot: Annotated[Path | None, typer.Option(
+        "--cost-plot", help="with --cost: also plot win rate against expert spend to FILE.png or FILE.svg")] = None,
 ) -> None:
     """Compare runs (methods x iterations): training sets, rollouts spent, eval win rate and reward."""
     from eef_tasks import report  # polars loads only for the commands that use it
@@ -705,6 +718,11 @@ def compare(
         raise store.StoreError("--out writes a group's results folder: give --group NAME")
     if plot is not None:
         report.check_plot_path(plot)
+    if cost_plot is not None and not cost:
+        raise UserError("--cost-plot goes with --cost")
+    if cost:
+        _compare_cost(db, run, fmt, cost_plot)
+        return
     frame = report.run_totals(db, run or None) if totals else report.comparison(db, run or None)
     if frame.is_empty():
         raise store.StoreError(f"nothing to compare in {db}: no run has policy trajectories or training examples yet")
@@ -786,6 +804,34 @@ def experiment_cmd(
         result = seeds_flow(params)
     _compare_group(db, name, CompareFormat.table, None)
     out.print(f"results: {escape(result['results'])} (k = {result['k']})")
+
+
+def _compare_cost(db: Path, runs: list[str] | None, fmt: CompareFormat, plot: Path | None) -> None:
+    """`eef compare --cost`: one row per run, its expert spend and win rate per dollar."""
+    from rich.table import Table
+
+    from eef_tasks import expert_cost, report
+
+    if plot is not None:
+        report.check_plot_path(plot)
+    frame = expert_cost.cost_table(db, runs or None)
+    if frame.is_empty():
+        raise store.StoreError(f"nothing to compare in {db}: no run has policy trajectories or training examples yet")
+    if fmt is CompareFormat.csv:
+        sys.stdout.write(frame.write_csv())
+    elif fmt is CompareFormat.json:
+        sys.stdout.write(json_text(frame.to_dicts(), indent=1) + "\n")
+    else:
+        headers, rows = expert_cost.display_rows(frame)
+        table = Table(title="Win rate per unit of expert cost (expert data of each run's training tasks)")
+        for header in headers:
+            table.add_column(header, justify="left" if header in ("run", "method", "experts") else "right")
+        for row in rows:
+            table.add_row(*map(escape, row))
+        Console(highlight=False, width=max(Console(width=10_000).measure(table).maximum,
+                                           shutil.get_terminal_size((160, 24)).columns)).print(table)
+    if plot is not None:
+        err.print(f"wrote {expert_cost.cost_plot(frame, plot)}")
 
 
 @app.command()

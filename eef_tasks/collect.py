@@ -53,7 +53,7 @@ from eef_tasks.experts.llm import (
     LLMExpertError,
     cost_usd,
 )
-from eef_tasks.experts.synthetic import DEFAULT_SUCCESS_RATE, FAILURE_MODES
+from eef_tasks.experts.synthetic import FAILURE_MODES, success_rate_of
 from eef_tasks.records import TaskRecord, TrajectoryRecord, write_trajectories
 from eef_tasks.store import StoreError, reader, writer
 
@@ -228,7 +228,7 @@ def collect_experts(
     batch_size: int = DEFAULT_BATCH_SIZE,
     cache_dir: str | Path | None = None,
     simplifications: str | None = None,
-    success_rate: float = DEFAULT_SUCCESS_RATE,
+    success_rate: float | None = None,
     failure_modes: Sequence[str] | None = None,
     retries: int = 2,
     timeout_s: float = 600.0,
@@ -307,7 +307,7 @@ def collect_experts(
             {
                 "task_id": spec.task_id, "expert": expert, "seed": s,
                 "gold": g.to_json() if (g := golds[spec.task_id]) else None,
-                "max_steps": spec.max_steps, "success_rate": success_rate,
+                "max_steps": spec.max_steps, "success_rate": success_rate_of(expert, success_rate),
                 "failure_modes": list(failure_modes) if failure_modes else None,
             }
             for spec, s in todo
@@ -322,6 +322,10 @@ def collect_experts(
                 if run.new_gold is not None:
                     _keep_gold(run.new_gold, cache_dir, summary)
                 summary.ran += 1
+                # a synthetic expert's stated cost (eef_tasks/experts/synthetic.py); gold has none
+                summary.prompt_tokens += int(run.meta.get("prompt_tokens") or 0)
+                summary.completion_tokens += int(run.meta.get("completion_tokens") or 0)
+                summary.cost_usd = round(summary.cost_usd + float(run.meta.get("cost_usd") or 0.0), 8)
                 summary.successes += run.success
                 summary.failures += not run.success
                 out.add(to_record(run, spec, with_task=False), task_record(spec, run.instruction))

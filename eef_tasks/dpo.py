@@ -2,11 +2,12 @@
 --method dpo`).
 
 `train_dpo(db, run_id, iteration, out_dir, sft_adapter=…)` reads the pairs of one eef (or rft)
-training set (view `preference_pairs`, records from `eef_tasks.preferences`: TRL's conversational
-prompt / chosen / rejected), loads the base model with the iteration's SFT adapter as a trainable
-peft model, and lets TRL continue that adapter with DPO. The reference policy is the SFT adapter
-itself: TRL adds a frozen copy of it (adapter "ref") when it is given a peft model with a
-pretrained adapter, so nothing of the loss is re-derived here. The result is an ordinary adapter
+training set (view `preference_pairs`), or ETO's pairs of a run's explorations (method 'eto', view
+`eto_pairs`), as records from `eef_tasks.preferences` (TRL's conversational prompt / chosen /
+rejected); loads the base model with the iteration's SFT adapter as a trainable peft model, and
+lets TRL continue that adapter with DPO. The reference policy is the SFT adapter itself: TRL adds a
+frozen copy of it (adapter "ref") when it is given a peft model with a pretrained adapter, so
+nothing of the loss is re-derived here. The result is an ordinary adapter
 folder (the "default" adapter only, the tokenizer, and eef-train.json with method 'dpo', the base
 model, the SFT adapter and the pairs), written atomically like `eef train`'s, so every engine loads
 it as it loads any adapter.
@@ -48,16 +49,9 @@ class DPOTrainConfig(BaseModel):
 
 
 def _pairs(con: duckdb.DuckDBPyConnection, run_id: str, iteration: int, method: str) -> tuple[list[dict], list[dict]]:
-    from eef_tasks.preferences import pair_records
+    from eef_tasks.preferences import pair_records, pair_rows
 
-    records = list(pair_records(con, run_id, iteration, method))
-    keys = [dict(zip(("task_id", "state_kind", "state_traj_id", "state_step", "chosen_traj_id", "rejected_traj_id"), row))
-            for row in con.execute(
-                """SELECT task_id, state_kind, state_traj_id, state_step, chosen_traj_id, rejected_traj_id
-                   FROM preference_pairs WHERE run_id = $r AND iteration = $i AND method = $m
-                   ORDER BY task_id, state_kind, state_traj_id NULLS FIRST, state_step""",
-                {"r": run_id, "i": iteration, "m": method}).fetchall()]
-    return records, keys
+    return list(pair_records(con, run_id, iteration, method)), pair_rows(con, run_id, iteration, method)
 
 
 def train_dpo(
@@ -95,8 +89,9 @@ def train_dpo(
     with reader(db) as con:
         records, keys = _pairs(con, run_id, iteration, method)
     if not records:
-        raise DPOError(f"no preference pairs for run {run_id!r}, iteration {iteration}, method {method!r} "
-                       "(view preference_pairs: an important state needs an example and a failed continuation)")
+        why = ("view eto_pairs: a failed explore rollout of a task with an expert success" if method == "eto" else
+               "view preference_pairs: an important state needs an example and a failed continuation")
+        raise DPOError(f"no preference pairs for run {run_id!r}, iteration {iteration}, method {method!r} ({why})")
     started = time.monotonic()
     sft_record = read_train_record(sft_adapter) or {}
     base = resolve_model(base_model or sft_record.get("base_model"))

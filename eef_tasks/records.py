@@ -57,7 +57,7 @@ class TrajectoryRecord(BaseModel):
     `env`, `split` and `instruction` (with the optional `task_max_steps` and `task_meta`) describe
     the task and are needed only when the task is not in the store yet. `run_n_sims` (a policy
     trajectory's run's M, as `eef export` writes it) registers the run when it is not in the store
-    yet. Without a `traj_id` one is derived from the content, so that importing the same file
+    yet, with `run_search`, `run_method` and `run_experts` when given (runs.search, method, experts). Without a `traj_id` one is derived from the content, so that importing the same file
     twice stores each trajectory once.
     """
 
@@ -72,6 +72,9 @@ class TrajectoryRecord(BaseModel):
     task_meta: dict[str, Any] | None = None
     run_id: str | None = None
     run_n_sims: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    run_search: Literal["uniform", "binary"] | None = None
+    run_method: Literal["eef", "rft", "sft-all", "nat", "eto", "eef+dpo"] | None = None
+    run_experts: list[str] | None = None
     source: Literal["expert", "policy"]
     expert: str | None = None
     model_id: str | None = None
@@ -97,8 +100,10 @@ class TrajectoryRecord(BaseModel):
             raise ValueError("expert trajectories have no run_id and iteration 0")
         if self.source == "policy" and not self.run_id:
             raise ValueError("policy trajectories belong to a run: run_id is required")
-        if self.run_n_sims is not None and self.source != "policy":
-            raise ValueError("run_n_sims describes a policy trajectory's run: expert trajectories have none")
+        if self.source != "policy" and any(v is not None for v in (self.run_n_sims, self.run_search,
+                                                                   self.run_method, self.run_experts)):
+            raise ValueError("run_n_sims, run_search, run_method and run_experts describe a policy trajectory's run: "
+                             "expert trajectories have none")
         if self.success is None:
             self.success = self.reward == 1.0
         elif self.success != (self.reward == 1.0):
@@ -354,11 +359,14 @@ def _register_runs(con: duckdb.DuckDBPyConnection, records: list[TrajectoryRecor
     for r in records:
         if r.run_id is None:
             continue
-        row = first_row(con, "SELECT n_sims FROM runs WHERE run_id = $r", {"r": r.run_id})
+        row = first_row(con, "SELECT n_sims, search FROM runs WHERE run_id = $r", {"r": r.run_id})
         if row is not None:
             if r.run_n_sims is not None and r.run_n_sims != row[0]:
                 raise RecordError(f"run {r.run_id!r} is stored with M = {row[0]} simulations per failed "
                                   f"expert trajectory, not {r.run_n_sims}", field="run_n_sims", traj_id=r.traj_id)
+            if r.run_search is not None and r.run_search != (row[1] or "uniform"):
+                raise RecordError(f"run {r.run_id!r} is stored with search = {row[1]!r}, not {r.run_search!r}",
+                                  field="run_search", traj_id=r.traj_id)
             continue
         m = declared[r.run_id][0] if r.run_id in declared else n_sims
         if m is None:
@@ -366,12 +374,15 @@ def _register_runs(con: duckdb.DuckDBPyConnection, records: list[TrajectoryRecor
                 f"run {r.run_id!r} is not registered: give its M (simulations per failed expert "
                 "trajectory) with `eef import --sims M`, or import a file written by `eef export`, "
                 "which carries it as run_n_sims", field="run_id", traj_id=r.traj_id)
-        con.execute("INSERT INTO runs (run_id, n_sims) VALUES ($r, $m)", {"r": r.run_id, "m": m})
+        first = declared[r.run_id][1] if r.run_id in declared else r  # the record that describes the run
+        con.execute("INSERT INTO runs (run_id, n_sims, search, method, experts) VALUES ($r, $m, $s, $method, $e)",
+                    {"r": r.run_id, "m": m, "s": first.run_search or "uniform", "method": first.run_method,
+                     "e": first.run_experts})
 
 
 def _trajectory_row(r: TrajectoryRecord) -> dict[str, Any]:
     row = r.model_dump(exclude={"steps", "env", "split", "instruction", "task_max_steps", "task_meta", "meta",
-                                "run_n_sims"})
+                                "run_n_sims", "run_search", "run_method", "run_experts"})
     row["meta"] = json_text(r.meta) if r.meta else None  # strict JSON (a NaN becomes null)
     row["content_hash"] = r.content_hash()
     return row

@@ -152,6 +152,8 @@ DISPLAY: list[tuple[str, str, Callable[[object], str]]] = [
     ("rollout_wall_s", "rollout s", _seconds),
     ("train_supervised_tokens", "train tokens", _count),
     ("wall_s", "wall s", _seconds),
+    ("search", "search", _count),
+    ("n_dpo_pairs", "DPO pairs", _count),
 ]
 
 

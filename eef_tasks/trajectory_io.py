@@ -337,7 +337,8 @@ def export_jsonl(
     """Write trajectories (with their task description) as eef JSONL; returns how many."""
     rows = con.sql(
         """SELECT t.traj_id, t.task_id, k.env, k.split, k.instruction, k.max_steps AS task_max_steps,
-                  k.meta AS task_meta, t.run_id, r.n_sims AS run_n_sims, t.source,
+                  k.meta AS task_meta, t.run_id, r.n_sims AS run_n_sims, r.search AS run_search,
+                  r.method AS run_method, r.experts AS run_experts, t.source,
                   t.expert, t.model_id, t.iteration, t.purpose, t.branch_traj_id, t.branch_step,
                   t.reward, t.meta,
                   (SELECT list({'thought': s.thought, 'action': s.action,
@@ -356,7 +357,8 @@ def export_jsonl(
         for key in ("meta", "task_meta"):
             record[key] = json.loads(record[key]) if record[key] else None
         record["steps"] = record["steps"] or []
-        if record["run_n_sims"] is None:
-            del record["run_n_sims"]
+        for key in ("run_n_sims", "run_search", "run_method", "run_experts"):  # a run's facts, when it has them
+            if record[key] is None:
+                del record[key]
         out.write(json_text(record) + "\n")  # strict JSON: a NaN reward stored earlier is null
     return rows.height

@@ -120,6 +120,12 @@ def iteration_rows(run_id: str, iteration: int, summaries: dict[str, dict], meth
                      "phases finished earlier: " + ", ".join(rerun) if rerun else "sum of the phases"))
 
     # details, after the key numbers
+    dpo = summaries.get("dpo")  # eef+dpo, eto: DPO after (or, eto, instead of) SFT
+    if dpo is not None:
+        rows.append(_row("DPO pairs", dpo.get("n_pairs"), "dpo", f"pairs of {dpo.get('pairs_from')}, "
+                         f"from the adapter {dpo.get('sft_adapter')}"))
+        rows.append(_row("final DPO loss", _round(dpo.get("final_loss"), 4), "dpo",
+                         "no pairs: keeps the adapter it started from" if dpo.get("carried_over") else ""))
     if explore is not None:
         rows += [
             _row("explore rollouts", explore.get("requested"), "explore", "from s0 of the training tasks"),
@@ -137,7 +143,7 @@ def iteration_rows(run_id: str, iteration: int, summaries: dict[str, dict], meth
     for phase, wall in walls.items():
         rows.append(_row(f"wall time s: {phase}", wall, phase, "recorded earlier" if summaries[phase].get("skipped")
                          else ""))
-    adapter = (train or {}).get("adapter") or (evaluate or {}).get("adapter")
+    adapter = (dpo or {}).get("adapter") or (train or {}).get("adapter") or (evaluate or {}).get("adapter")
     if adapter:
         rows.append(_row("adapter", adapter, "train", f"run {run_id}, iteration {iteration}"))
     return rows

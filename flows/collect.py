@@ -30,7 +30,8 @@ class CollectParams(BaseModel):
 
     db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store")
     env: registry.EnvName = Field("scienceworld", description="a registered environment (offline experts: scienceworld, webshop)")
-    expert: Literal["gold", "synthetic", "llm"] = Field("gold", description="gold, synthetic or an LLM endpoint")
+    expert: Literal["gold", "synthetic", "synthetic-cheap", "llm"] = Field(
+        "gold", description="gold, synthetic, synthetic-cheap (weaker, priced as GPT-3.5) or an LLM endpoint")
     split: list[Literal["train", "dev", "test"]] = Field(default_factory=lambda: ["train"])
     tasks: list[str] = Field(default_factory=list, description="task names, e.g. boil; empty = all")
     task_ids: list[str] = Field(default_factory=list, description="explicit task ids; overrides split/tasks")

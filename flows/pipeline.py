@@ -6,7 +6,8 @@ a fresh LoRA adapter, evaluate it. Iteration 0 is behaviour cloning (select, tra
 
 - `iteration`  advances a named run by exactly one iteration from what the store holds: this is what
                a schedule triggers ("rerun per iteration"); on a finished run it does nothing.
-- `eef`, `rft` register a run (settings are fixed from then on) and loop `iteration` until done.
+- `eef`, `rft` register a run (settings are fixed from then on) and loop `iteration` until done
+               (`eef` also runs eef+dpo: EEF with a DPO phase; `eto` runs ETO: DPO on explorations).
 - `evaluate`   evaluates one iteration's adapter again (e.g. after a crashed evaluation).
 - `compare`    the methods × iterations table and the win-rate plot, as artifacts and files.
 - `experiment` the whole thing: collect expert data, an EEF run, an RFT run, compare
@@ -26,9 +27,11 @@ where it stopped, with no duplicated or missing rows.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
+import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact,
@@ -36,9 +39,10 @@ from prefect.artifacts import (
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from eef_tasks import pipeline, report, store
+from eef_tasks import expert_cost, pipeline, report, store
 from eef_tasks.credentials import VLLM_KEY_HINT, refuse_url_credentials
 from eef_tasks.envs import registry
+from eef_tasks.experts.synthetic import SYNTHETIC_EXPERTS
 from eef_tasks.pipeline import RunConfig, presets
 from flows import local_server  # the __main__ entry point: Ctrl-C / SIGTERM give one line, 130 / 143
 from flows import artifacts
@@ -49,6 +53,15 @@ CACHE = INPUTS + TASK_SOURCE
 
 
 # --- parameters (forms in the Prefect UI) -----------------------------------------------------------
+
+# the extra runs of the experiment flow besides rft-xK (ExperimentParams.extra_runs)
+EXTRA_RUNS = ("sft-all", "nat", "eef-binary", "eto", "eef+dpo")
+
+
+def extra_run_id(name: str, extra: str) -> str:
+    """The run id of an extra run of experiment `name`: NAME-EXTRA, '+' as '-' (run ids have no '+')."""
+    return f"{name}-{extra.replace('+', '-')}"
+
 
 
 class IterationParams(BaseModel):
@@ -91,17 +104,23 @@ class ExperimentParams(BaseModel):
     db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store")
     preset: str = Field("demo", description="run settings to start from: " + presets.describe())
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the runs are called NAME-eef and NAME-rft, e.g. demo-eef and demo-rft")
-    expert: Literal["synthetic", "gold", "none"] = Field(
+    expert: Literal["synthetic", "synthetic-cheap", "gold", "none"] = Field(
         "synthetic", description="collect this expert's trajectories on the training tasks first (none: use the store's)")
+    more_experts: list[Literal["synthetic", "synthetic-cheap", "gold"]] = Field(
+        default_factory=list, description="collect these experts' trajectories too, e.g. synthetic-cheap beside synthetic "
+                                          "(a weaker, cheaper expert: the paper's GPT-3.5 beside GPT-4)")
     expert_seeds: list[int] | None = Field(
         None, description="synthetic expert: one trajectory per seed (None: the preset's, else [0, 1])")
     failure_modes: list[str] | None = Field(
         None, description="synthetic expert: failure modes to draw from (None: the preset's, else all)")
     rft_samples: int = Field(1, ge=1, le=16, description="k of the RFT baseline (RFT×k)")
-    extra_runs: list[Literal["sft-all", "nat", "eef-binary"]] = Field(
+    extra_runs: list[str] = Field(
         default_factory=list, description="more runs beside EEF and RFT, on the same tasks, called NAME-EXTRA (e.g. "
-                                          "demo-nat): the offline baselines sft-all and nat, EEF with search=binary "
-                                          "(the BC adapter shared)")
+                                          "demo-nat; eef+dpo: NAME-eef-dpo): the offline baselines sft-all and nat, "
+                                          "eef-binary (EEF with search=binary), eto (ETO: DPO on expert success vs "
+                                          "failed exploration), eef+dpo (EEF, then DPO on its pairs), rft-xK (RFT "
+                                          "with K rollouts per task, e.g. rft-x4); all but sft-all and nat share "
+                                          "the BC adapter")
     overrides: dict = Field(default_factory=dict, description="run settings to change (the fields of the eef flow's run form), e.g. {\"iterations\": 3}")
     out_dir: str = Field("data/reports", description="where the comparison table (CSV, Markdown) and the plot go")
 
@@ -111,6 +130,14 @@ class ExperimentParams(BaseModel):
         if value not in presets.names():
             raise ValueError(f"unknown preset {value!r}: one of {', '.join(presets.names())}")
         return value
+
+    @field_validator("extra_runs")
+    @classmethod
+    def _known_extra_runs(cls, values: list[str]) -> list[str]:
+        unknown = [v for v in values if v not in EXTRA_RUNS and not re.fullmatch(r"rft-x([1-9]|1[0-6])", v)]
+        if unknown:
+            raise ValueError(f"unknown extra run {unknown[0]!r}: one of {', '.join(EXTRA_RUNS)}, rft-xK (K 1..16)")
+        return list(dict.fromkeys(values))
 
     @field_validator("overrides")
     @classmethod
@@ -176,13 +203,20 @@ def train(db: str, store_id: str, run_id: str, settings: str, iteration: int) ->
     return _run_phase(db, run_id, iteration, "train")
 
 
+@task(name="dpo", task_run_name="dpo-it{iteration}", cache_policy=CACHE, persist_result=True)
+def dpo(db: str, store_id: str, run_id: str, settings: str, iteration: int) -> dict:
+    """DPO (TRL) on the iteration's preference pairs: eef+dpo and eto runs."""
+    return _run_phase(db, run_id, iteration, "dpo")
+
+
 @task(name="evaluate", task_run_name="evaluate-it{iteration}", cache_policy=CACHE, persist_result=True)
 def evaluate(db: str, store_id: str, run_id: str, settings: str, iteration: int) -> dict:
     """Win rate and mean reward of the new adapter on the evaluation tasks."""
     return _run_phase(db, run_id, iteration, "evaluate")
 
 
-PHASE_TASKS = {"explore": explore, "simulate": simulate, "select": select, "train": train, "evaluate": evaluate}
+PHASE_TASKS = {"explore": explore, "simulate": simulate, "select": select, "train": train, "dpo": dpo,
+               "evaluate": evaluate}
 
 
 # --- flows ------------------------------------------------------------------------------------------
@@ -231,10 +265,19 @@ def _run_all(db: str, config: RunConfig) -> list[dict]:
 
 @flow(name="eef", flow_run_name="{params.run.run_id}", log_prints=True)
 def eef_flow(params: RunParams = RunParams()) -> list[dict]:
-    """Behaviour cloning, then I iterations of explore → simulate → select → train → evaluate."""
-    if params.run.method != "eef":
-        raise pipeline.PipelineError("the eef flow runs method 'eef'; use the rft flow for the baseline")
+    """Behaviour cloning, then I iterations of explore → simulate → select → train → evaluate (method
+    eef+dpo: → dpo before evaluate)."""
+    if params.run.method not in ("eef", "eef+dpo"):
+        raise pipeline.PipelineError("the eef flow runs method 'eef' or 'eef+dpo'; use the rft flow for the baseline")
     return _run_all(params.db, params.run)
+
+
+@flow(name="eto", flow_run_name="{params.run.run_id}", log_prints=True)
+def eto_flow(params: RunParams = RunParams()) -> list[dict]:
+    """ETO: behaviour cloning, then I iterations of explore → dpo → evaluate (DPO on pairs of an expert
+    success and a failed exploration of the same task)."""
+    run = params.run.model_copy(update={"method": "eto", "n_sims": 0})
+    return _run_all(params.db, RunConfig(**run.model_dump()))
 
 
 @flow(name="rft", flow_run_name="{params.run.run_id}", log_prints=True)
@@ -280,7 +323,14 @@ def compare_flow(params: CompareParams = CompareParams()) -> dict:
         key=artifact_key(f"compare-{name}-plot"), description="win rate per iteration per method",
     )
     print(table_md)
-    return {"rows": df.height, "plot": str(plot), "table": str(out / f"compare-{name}.csv")}
+    # win rate per unit of expert cost (eef compare --cost): the table, and its plot when a run has both
+    # costed expert data and a dev evaluation
+    costs = expert_cost.cost_table(params.db, params.run_ids or None)
+    costs.write_csv(out / f"cost-{name}.csv")
+    if costs.filter(pl.col("win_rate").is_not_null() & pl.col("expert_cost_usd").is_not_null()).height:
+        expert_cost.cost_plot(costs, out / f"win-rate-vs-cost-{name}.png")
+    return {"rows": df.height, "plot": str(plot), "table": str(out / f"compare-{name}.csv"),
+            "cost_table": str(out / f"cost-{name}.csv")}
 
 
 @flow(name="experiment", flow_run_name="{params.name}", log_prints=True)
@@ -288,16 +338,17 @@ def experiment_flow(params: ExperimentParams = ExperimentParams()) -> dict:
     """Collect expert data, run EEF and RFT from one preset (sharing the BC adapter) and the extra runs
     asked for, compare them."""
     eef_config = pipeline.preset_config(params.preset, f"{params.name}-eef", "eef", **params.overrides)
-    if params.expert != "none":
-        recipe = presets.expert_of(params.preset)
+    recipe = presets.expert_of(params.preset)
+    for expert in [e for e in (params.expert, *params.more_experts) if e != "none"]:
+        synthetic = expert in SYNTHETIC_EXPERTS
         # offline experts play the task env's own backend (a run on agentgym:sciworld learns from
         # expert data collected in eef's ScienceWorld: the same task ids)
         collect_flow(CollectParams(
-            db=params.db, env=registry.backend(eef_config.task_env).name, expert=params.expert, split=["train"],
+            db=params.db, env=registry.backend(eef_config.task_env).name, expert=expert, split=["train"],
             tasks=eef_config.task_names,
             task_ids=eef_config.train_tasks, limit=eef_config.train_limit,
-            seeds=(params.expert_seeds or recipe["seeds"]) if params.expert == "synthetic" else [0],
-            failure_modes=(params.failure_modes or recipe["failure_modes"]) if params.expert == "synthetic" else [],
+            seeds=(params.expert_seeds or recipe["seeds"]) if synthetic else [0],
+            failure_modes=(params.failure_modes or recipe["failure_modes"]) if synthetic else [],
             workers=min(eef_config.workers, 4),
         ))
     eef = pipeline.register_run(params.db, eef_config)
@@ -311,14 +362,24 @@ def experiment_flow(params: ExperimentParams = ExperimentParams()) -> dict:
     rft_flow(RFTParams(db=params.db, run=rft_config))
     run_ids = [eef.run_id, rft_config.run_id]
     same_tasks = {"train_tasks": eef.train_tasks, "eval_tasks": eef.eval_tasks, "report_tasks": eef.report_tasks}
+    shared_bc = {**params.overrides, **same_tasks, "bc_adapter": str(pipeline.adapter_dir(eef, 0))}
     for extra in params.extra_runs:
+        run_id = extra_run_id(params.name, extra)
         if extra == "eef-binary":
-            config = pipeline.preset_config(params.preset, f"{params.name}-{extra}", "eef", **{
-                **params.overrides, **same_tasks, "search": "binary", "bc_adapter": str(pipeline.adapter_dir(eef, 0))})
+            config = pipeline.preset_config(params.preset, run_id, "eef", **{**shared_bc, "search": "binary"})
             eef_flow(RunParams(db=params.db, run=config))
+        elif extra == "eef+dpo":
+            config = pipeline.preset_config(params.preset, run_id, "eef+dpo", **shared_bc)
+            eef_flow(RunParams(db=params.db, run=config))
+        elif extra == "eto":
+            config = pipeline.preset_config(params.preset, run_id, "eto", **shared_bc)
+            eto_flow(RunParams(db=params.db, run=config))
+        elif extra.startswith("rft-x"):
+            config = pipeline.preset_config(params.preset, run_id, "rft",
+                                            **{**shared_bc, "samples": int(extra.removeprefix("rft-x"))})
+            rft_flow(RFTParams(db=params.db, run=config))
         else:
-            config = pipeline.preset_config(params.preset, f"{params.name}-{extra}", extra,
-                                            **{**params.overrides, **same_tasks})
+            config = pipeline.preset_config(params.preset, run_id, extra, **{**params.overrides, **same_tasks})
             baseline_flow(BaselineParams(db=params.db, run=config))
         run_ids.append(config.run_id)
     compared = compare_flow(CompareParams(db=params.db, run_ids=run_ids, out_dir=params.out_dir))

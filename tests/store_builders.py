@@ -66,6 +66,10 @@ def reference_rows(
     con: duckdb.DuckDBPyConnection, run_id: str, iteration: int, method: str, n_sims: int
 ) -> list[tuple]:
     splits, trajs = selection_reference.load(con)
+    row = store.first_row(con, "SELECT experts FROM runs WHERE run_id = $r", {"r": run_id})
+    if row is not None and row[0] is not None:  # runs.experts: the run learns from these experts only
+        names = dict(con.execute("SELECT traj_id, expert FROM trajectories WHERE source = 'expert'").fetchall())
+        trajs = [t for t in trajs if t.source != "expert" or names[t.traj_id] in row[0]]
     return selection_reference.select(splits, trajs, run_id, iteration, method, n_sims, run_search(con, run_id))
 
 
@@ -149,9 +153,10 @@ class StoreBuilder:
         self.actions[traj_id] = actions
         return traj_id
 
-    def expert(self, traj_id: str, task_id: str, n_steps: int, success: bool) -> str:
+    def expert(self, traj_id: str, task_id: str, n_steps: int, success: bool, expert: str = "gold",
+               meta: dict | None = None) -> str:
         actions = [f"{traj_id}:a{k}" for k in range(n_steps)]
-        return self._write(traj_id, task_id, actions, success, source="expert", expert="gold")
+        return self._write(traj_id, task_id, actions, success, source="expert", expert=expert, meta=meta)
 
     def rollout(
         self,

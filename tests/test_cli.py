@@ -206,3 +206,14 @@ def test_collect_refuses_unknown_failure_modes(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "--failure-modes: unknown mode oops" in proc.stderr and "wrong_turn" in proc.stderr
     assert not (tmp_path / "x.duckdb").exists()  # refused before anything is written
+
+
+def test_run_and_compare_refuse_bad_expert_and_cost_options(tmp_path):
+    proc = eef("run", "--db", tmp_path / "x.duckdb", "--expert", "synthetic,oops", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "--expert must be synthetic, synthetic-cheap, gold (several: comma-separated) or none" in proc.stderr
+    proc = eef("run", "--db", tmp_path / "x.duckdb", "--extra", "eto,rft-x0", check=False)
+    assert proc.returncode == 1 and "unknown extra run 'rft-x0'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = eef("compare", "--db", tmp_path / "x.duckdb", "--cost-plot", tmp_path / "c.png", check=False)
+    assert proc.returncode == 1 and "--cost-plot goes with --cost" in proc.stderr
+    assert not (tmp_path / "x.duckdb").exists()  # refused before anything is written

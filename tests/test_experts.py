@@ -10,7 +10,14 @@ from eef_tasks.envs import scienceworld as sw
 from eef_tasks.envs.base import same_observation
 from eef_tasks.experts import gold as gold_mod
 from eef_tasks.experts import plan_actions, run_expert, task_record, to_record, traj_id_for
-from eef_tasks.experts.synthetic import FAILURE_MODES, NON_TERMINAL_MODES, synthetic_plan, wrong_version
+from eef_tasks.experts.synthetic import (
+    FAILURE_MODES,
+    NON_TERMINAL_MODES,
+    SYNTHETIC_EXPERTS,
+    success_rate_of,
+    synthetic_plan,
+    wrong_version,
+)
 
 FIND = "scienceworld/find-living-thing/0"
 PLANT = "scienceworld/find-plant/3"
@@ -40,6 +47,30 @@ def env():
 
 
 # --- plans (no game needed) ------------------------------------------------------------------------
+
+
+def test_cost_model_by_hand():
+    big, cheap = SYNTHETIC_EXPERTS["synthetic"].cost, SYNTHETIC_EXPERTS["synthetic-cheap"].cost
+    # prompt: 600 + 150 k tokens at step k, summed over k < n; completion: 30 per step
+    assert [big.usage(n) for n in (0, 1, 2, 4)] == [(0, 0), (600, 30), (1350, 60), (3300, 120)]
+    assert big.meta(4)["cost_usd"] == 0.1062  # (3300 * 30 + 120 * 60) / 1e6
+    assert cheap.meta(4)["cost_usd"] == 0.00183  # (3300 * 0.5 + 120 * 1.5) / 1e6
+    assert big.meta(4)["cost_model"]["stated"] is True
+    with pytest.raises(ValueError, match="n_steps must be >= 0"):
+        big.usage(-1)
+    assert (success_rate_of("synthetic"), success_rate_of("synthetic-cheap"), success_rate_of("gold")) == (
+        0.35, 0.15, 0.35)
+    assert success_rate_of("synthetic-cheap", 0.5) == 0.5
+
+
+def test_the_two_synthetic_experts_draw_different_plans():
+    gold = gold_mod.GoldPath(task_id=FIND, actions=list(GOLD), instruction="find", simplifications="easy",
+                             scienceworld_version="x", generated_at="x", generation_s=0.0)
+    same = [plan_actions("synthetic", gold, seed=s)[1]["mode"] for s in range(20)]
+    other = [plan_actions("synthetic-cheap", gold, seed=s)[1]["mode"] for s in range(20)]
+    assert same == [plan_actions("synthetic", gold, seed=s)[1]["mode"] for s in range(20)]  # seeded
+    assert same != other
+    assert sum(m.startswith("follow") for m in other) <= sum(m.startswith("follow") for m in same)
 
 
 def test_synthetic_plans_are_seeded_and_keep_gold_prefixes():
@@ -151,6 +182,9 @@ def test_synthetic_expert_succeeds_and_fails_with_real_observations(env, cache_d
             run = run_expert(env, task_id, "synthetic", seed=seed, gold=gold, max_steps=spec.max_steps)
             record = to_record(run, spec)
             assert record.expert == "synthetic" and record.meta["synthetic"] is True
+            # the stated cost model's tokens and cost, for the actions the game took
+            assert {k: record.meta[k] for k in ("prompt_tokens", "completion_tokens", "cost_usd", "cost_model")} == \
+                SYNTHETIC_EXPERTS["synthetic"].cost.meta(record.n_steps)
             assert record.source == "expert" and 0.0 <= record.reward <= 1.0
             assert record.traj_id == f"synthetic/{task_id}/{seed}"
             planned, _ = plan_actions("synthetic", gold, seed=seed, max_steps=spec.max_steps)
@@ -164,6 +198,17 @@ def test_synthetic_expert_succeeds_and_fails_with_real_observations(env, cache_d
     assert successes and failures
     assert all(r.reward < 1.0 for r in failures)
     assert any(r.meta["mode"] in FAILURE_MODES and r.n_steps > 1 for r in failures)
+
+
+def test_the_cheap_synthetic_expert_is_its_own_labelled_expert_in_the_game(env, cache_dir):
+    gold = gold_mod.gold_path(FIND, env=env, cache_dir=cache_dir)
+    spec = sw.find_task(FIND)
+    run = run_expert(env, FIND, "synthetic-cheap", seed=0, gold=gold, max_steps=spec.max_steps)
+    record = to_record(run, spec)
+    assert (record.traj_id, record.expert, record.meta["synthetic"]) == (f"synthetic-cheap/{FIND}/0", "synthetic-cheap", True)
+    assert record.meta["success_rate"] == 0.15
+    assert record.meta["cost_usd"] == SYNTHETIC_EXPERTS["synthetic-cheap"].cost.meta(record.n_steps)["cost_usd"]
+    assert record.meta["cost_model"]["stands_for"].startswith("gpt-3.5")
 
 
 def test_wrong_turn_in_the_game_walks_out_comes_back_and_fails(env, cache_dir):

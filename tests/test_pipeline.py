@@ -109,6 +109,126 @@ def test_binary_search_is_an_eef_option_without_m(db) -> None:
         pipeline.register_run(db, config())
 
 
+def _explore(traj_id: str, task_id: str, run_id: str, iteration: int, reward: float) -> TrajectoryRecord:
+    return TrajectoryRecord(
+        traj_id=traj_id, task_id=task_id, source="policy", model_id=f"{run_id}/it{iteration - 1}", run_id=run_id,
+        iteration=iteration, purpose="explore", reward=reward,
+        steps=[StepRecord(action=f"wander {k}", observation=f"obs {k}") for k in range(2)],
+    )
+
+
+def test_eto_and_eef_dpo_settings_and_phases() -> None:
+    with pytest.raises(ValueError, match="eto runs have no simulations"):
+        RunConfig(run_id="x", method="eto", n_sims=3)
+    with pytest.raises(ValueError, match="eef needs n_sims >= 1"):
+        RunConfig(run_id="x", method="eef+dpo", n_sims=0)
+    eto = pipeline.preset_config("demo", "d", "eto")
+    assert (eto.n_sims, eto.dpo_pairs, eto.train_method(0), eto.train_method(1)) == (0, "eto", "bc", "eto")
+    both = config(method="eef+dpo")
+    assert (both.dpo_pairs, both.train_method(0), both.train_method(1)) == ("eef", "bc", "eef")
+    assert config().dpo_pairs is None
+    assert pipeline.phases_of(1, eto) == ("explore", "dpo", "evaluate")
+    assert pipeline.phases_of(1, both) == ("explore", "simulate", "select", "train", "dpo", "evaluate")
+    assert pipeline.phases_of(0, eto) == pipeline.phases_of(0, both) == ("select", "train", "evaluate")
+    assert (pipeline.policy_phase(0, eto), pipeline.policy_phase(1, eto), pipeline.policy_phase(1, config())) == (
+        "train", "dpo", "train")
+
+
+def test_extra_runs_of_the_experiment() -> None:
+    from flows.pipeline import ExperimentParams, extra_run_id
+
+    params = ExperimentParams(extra_runs=["eto", "eef+dpo", "rft-x4", "sft-all", "eto"])
+    assert params.extra_runs == ["eto", "eef+dpo", "rft-x4", "sft-all"]
+    assert [extra_run_id("demo", x) for x in params.extra_runs] == [
+        "demo-eto", "demo-eef-dpo", "demo-rft-x4", "demo-sft-all"]
+    for bad in ("rft-x0", "rft-x17", "dpo"):
+        with pytest.raises(ValueError, match=f"unknown extra run '{bad}'"):
+            ExperimentParams(extra_runs=[bad])
+
+
+def test_eto_dpo_phase_continues_the_previous_policy_on_its_pairs(db, monkeypatch) -> None:
+    """The dpo phase's wiring (no model: train_dpo is recorded, not run): which pairs, which adapter it
+    starts from, where it writes, and that its adapter is then the iteration's policy."""
+    from eef_tasks import dpo
+
+    calls: list[dict] = []
+
+    def fake_train_dpo(db_, run_id, iteration, out_dir, **kw):
+        calls.append({"run_id": run_id, "iteration": iteration, "out": str(out_dir), **kw})
+        return {"path": str(out_dir), "n_pairs": 2, "n_optimizer_steps": 1, "final_loss": 0.69, "wall_s": 0.0}
+
+    monkeypatch.setattr(dpo, "train_dpo", fake_train_dpo)
+    run = pipeline.register_run(db, config(method="eto", n_sims=0, iterations=2))
+    for phase in ("select", "train", "evaluate"):
+        pipeline.mark_phase(db, "r1", 0, phase, 0.0, {"adapter": "a/bc-it0"})
+    with pytest.raises(PipelineError, match="dpo needs explore first"):
+        pipeline.run_phase(db, "r1", 1, "dpo")
+    pipeline.mark_phase(db, "r1", 1, "explore", 0.0, {"adapter": "a/bc-it0"})
+    # no failed exploration yet: no pairs, the BC adapter stays the policy, no training
+    kept = pipeline.run_phase(db, "r1", 1, "dpo")
+    assert (kept["carried_over"], kept["n_pairs"], kept["adapter"]) == (True, 0, "a/bc-it0") and not calls
+    assert pipeline.policy_adapter(db, run, 1).as_posix() == "a/bc-it0"
+
+    pipeline.mark_phase(db, "r1", 1, "evaluate", 0.0, {})
+    # iteration 2: two failed explorations of the task with expert success e/0, one success
+    with store.writer(db) as con:
+        write_trajectories(con, [_explore("x/0", TASKS[0], "r1", 2, 0.0), _explore("x/1", TASKS[0], "r1", 2, 0.5),
+                                 _explore("x/2", TASKS[1], "r1", 2, 1.0)])
+    pipeline.mark_phase(db, "r1", 2, "explore", 0.0, {})
+    trained = pipeline.run_phase(db, "r1", 2, "dpo")
+    assert [(c["run_id"], c["iteration"], c["method"], str(c["sft_adapter"])) for c in calls] == [
+        ("r1", 2, "eto", "a/bc-it0")]
+    assert calls[0]["out"] == str(pipeline.dpo_adapter_dir(run, 2)) and calls[0]["config"] == run.dpo
+    assert trained["adapter"] == str(pipeline.dpo_adapter_dir(run, 2)) and trained["n_pairs"] == 2
+    assert pipeline.policy_adapter(db, run, 2) == pipeline.dpo_adapter_dir(run, 2)
+    with store.reader(db) as con:
+        assert con.execute("SELECT chosen_traj_id, rejected_traj_id FROM eto_pairs WHERE run_id = 'r1' "
+                           "ORDER BY ALL").fetchall() == [("e/0", "x/0"), ("e/0", "x/1")]
+        assert con.execute("SELECT iteration, phase FROM run_phases WHERE phase = 'dpo' ORDER BY ALL").fetchall() == [
+            (1, "dpo"), (2, "dpo")]
+        assert con.execute("SELECT iteration, train_method, n_dpo_pairs FROM run_comparison WHERE run_id = 'r1' "
+                           "ORDER BY iteration").fetchall() == [(2, "eto", 2)]  # rows: iterations with trajectories
+
+
+def test_eef_dpo_dpo_phase_continues_the_iterations_sft_adapter(db, monkeypatch) -> None:
+    from eef_tasks import dpo
+
+    calls: list[dict] = []
+    monkeypatch.setattr(dpo, "train_dpo", lambda db_, run_id, iteration, out_dir, **kw: calls.append(kw) or {
+        "path": str(out_dir), "n_pairs": 1, "n_optimizer_steps": 1, "final_loss": 0.69, "wall_s": 0.0})
+    run = pipeline.register_run(db, config(method="eef+dpo"))
+    with store.reader(db) as con:
+        assert con.execute("SELECT method, n_sims FROM runs WHERE run_id = 'r1'").fetchall() == [("eef+dpo", 2)]
+    for phase in ("select", "train", "evaluate"):
+        pipeline.mark_phase(db, "r1", 0, phase, 0.0, {"adapter": "a/bc-it0"})
+    with store.writer(db) as con:
+        write_trajectories(con, [_explore("x/0", TASKS[0], "r1", 1, 1.0), _explore("x/1", TASKS[1], "r1", 1, 0.0),
+                                 _explore("x/2", TASKS[1], "r1", 1, 1.0)])
+    for phase in ("explore", "simulate"):
+        pipeline.mark_phase(db, "r1", 1, phase, 0.0, {})
+    selected = pipeline.run_phase(db, "r1", 1, "select")
+    assert selected["method"] == "eef"  # the SFT set of an eef+dpo run is EEF's
+    pipeline.mark_phase(db, "r1", 1, "train", 0.0, {"adapter": "a/eef-it1"})
+    assert pipeline.run_phase(db, "r1", 1, "dpo")["adapter"] == str(pipeline.dpo_adapter_dir(run, 1))
+    assert [(c["method"], str(c["sft_adapter"])) for c in calls] == [("eef", "a/eef-it1")]
+    with store.reader(db) as con:  # the pair: s0 of the second task, x/2 (chosen) vs x/1
+        assert con.execute("SELECT chosen_traj_id, rejected_traj_id FROM preference_pairs "
+                           "WHERE run_id = 'r1'").fetchall() == [("x/2", "x/1")]
+        assert con.execute("SELECT train_method, n_examples, n_dpo_pairs FROM run_comparison "
+                           "WHERE run_id = 'r1' AND iteration = 1").fetchall() == [("eef", 2, 1)]
+
+
+def test_a_setting_added_after_registration_counts_as_its_default(db) -> None:
+    pipeline.register_run(db, config())
+    with store.writer(db) as con:  # a run registered before the dpo settings existed
+        stored = json.loads(con.execute("SELECT config FROM runs WHERE run_id = 'r1'").fetchone()[0])
+        del stored["requested"]["dpo"], stored["config"]["dpo"]
+        con.execute("UPDATE runs SET config = $c WHERE run_id = 'r1'", {"c": json.dumps(stored)})
+    assert pipeline.register_run(db, config()).dpo == config().dpo
+    with pytest.raises(PipelineError, match=r"exists with other settings \(dpo\)"):
+        pipeline.register_run(db, config(dpo={"beta": 0.5}))
+
+
 def test_presets_name_valid_expert_recipes() -> None:
     from eef_tasks.experts.synthetic import FAILURE_MODES
     from eef_tasks.pipeline import presets
@@ -136,6 +256,15 @@ def test_register_resolves_task_sets_once_and_fixes_settings(db) -> None:
         pipeline.register_run(db, config(task_names=["lifespan-shortest-lived"], max_new_tokens=7))
     with store.reader(db) as con:
         assert con.execute("SELECT n_sims FROM runs WHERE run_id = 'r1'").fetchall() == [(2,)]
+
+
+def test_a_run_may_learn_from_some_experts_only(db) -> None:
+    run = pipeline.register_run(db, config(experts=["synthetic"]))
+    assert run.train_tasks == sorted(TASKS)
+    with store.reader(db) as con:
+        assert con.execute("SELECT experts FROM runs WHERE run_id = 'r1'").fetchall() == [(["synthetic"],)]
+    with pytest.raises(PipelineError, match="no training tasks"):  # no gold data in the store
+        pipeline.register_run(db, config(run_id="r2", experts=["gold"]))
 
 
 def test_no_training_tasks_is_a_clear_error(db) -> None:

@@ -131,3 +131,15 @@ def test_reader_waits_for_a_short_writer(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_dpo_phase_migration_keeps_run_phases_and_takes_dpo(tmp_path):
+    """0006_dpo_phase rebuilds run_phases (DuckDB cannot change a CHECK): its rows survive, 'dpo' is a phase."""
+    with store.writer(tmp_path / "eef.duckdb") as con:
+        con.execute("INSERT INTO run_phases (run_id, iteration, phase, summary) VALUES ('r', 1, 'train', '{\"a\": 1}')")
+        con.execute(store.read_sql("migrations/0006_dpo_phase"))  # again, on a store that has rows
+        con.execute("INSERT INTO run_phases (run_id, iteration, phase) VALUES ('r', 1, 'dpo')")
+        assert con.execute("SELECT phase, summary FROM run_phases ORDER BY phase").fetchall() == [
+            ("dpo", None), ("train", '{"a": 1}')]
+        with pytest.raises(duckdb.ConstraintException):
+            con.execute("INSERT INTO run_phases (run_id, iteration, phase) VALUES ('r', 1, 'dance')")

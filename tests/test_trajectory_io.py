@@ -173,3 +173,31 @@ def test_export_then_import_round_trips(tmp_path):
         assert exported_policy["traj_id"] == "p1" and exported_policy["run_n_sims"] == 3
         # the run came with its M, registered in the import's transaction
         assert con.execute("SELECT run_id, n_sims FROM runs").fetchall() == [("r", 3)]
+
+
+def test_export_carries_a_runs_search_method_and_experts(tmp_path):
+    """A binary-search run (M = 0) learning from one expert: its runs row comes back whole on import."""
+    source = [
+        trajectory(),
+        trajectory(traj_id="p1", run_id="rb", source="policy", expert=None, model_id="m", iteration=1,
+                   purpose="simulate", branch_traj_id="e1", branch_step=1, reward=1.0),
+    ]
+    with store.writer(tmp_path / "a.duckdb") as con:
+        trajectory_io.import_records(con, [records.TrajectoryRecord.model_validate(r) for r in source], n_sims=0)
+        con.execute("UPDATE runs SET search = 'binary', method = 'eef', experts = ['gold'] WHERE run_id = 'rb'")
+        buffer = io.StringIO()
+        trajectory_io.export_jsonl(con, buffer, source="policy")
+    line = json.loads(buffer.getvalue())
+    assert (line["run_n_sims"], line["run_search"], line["run_method"], line["run_experts"]) == (0, "binary", "eef",
+                                                                                                ["gold"])
+    (tmp_path / "out.jsonl").write_text(buffer.getvalue())
+    with store.writer(tmp_path / "b.duckdb") as con:
+        trajectory_io.import_records(con, [records.TrajectoryRecord.model_validate(trajectory())])
+        trajectory_io.import_records(con, trajectory_io.read_eef_jsonl(tmp_path / "out.jsonl"))
+        assert con.execute("SELECT run_id, n_sims, search, method, experts FROM runs").fetchall() == [
+            ("rb", 0, "binary", "eef", ["gold"])]
+    conflicting = dict(line, traj_id="p2", run_search="uniform")
+    with store.writer(tmp_path / "b.duckdb") as con, pytest.raises(records.RecordError, match="search = 'binary'"):
+        trajectory_io.import_records(con, [records.TrajectoryRecord.model_validate(conflicting)])
+    with pytest.raises(ValueError, match="expert trajectories have none"):
+        records.TrajectoryRecord.model_validate(trajectory(run_search="binary"))

@@ -364,3 +364,13 @@ def test_collect_webshop_experts_into_the_store_resumably(tmp_path):
             "SELECT meta->>'mode' FROM trajectories WHERE expert = 'synthetic'").fetchall()}
     assert rows == [("webshop", "dev", 4), ("webshop", "train", 10)]
     assert modes and modes <= {"follow", "follow_recover", "follow_read", *experts.FAILURE_MODES}
+
+
+def test_the_cheap_synthetic_expert_plans_webshop_goals_too():
+    """synthetic-cheap (README, "Expert cost"): its own draws, so its plans differ from synthetic's."""
+    specs = catalog("train")[:30]
+    cheap = [experts.plan("synthetic-cheap", s.task_id, seed=3, success_rate=0.15) for s in specs]
+    assert all(meta["synthetic"] is True and meta["success_rate"] == 0.15 for _, meta in cheap)
+    assert [a for a, _ in cheap] != [experts.plan("synthetic", s.task_id, seed=3)[0] for s in specs]
+    with pytest.raises(EnvError, match="unknown WebShop expert 'synthetic-pricey'"):
+        experts.plan("synthetic-pricey", specs[0].task_id)

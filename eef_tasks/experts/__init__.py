@@ -2,7 +2,8 @@
 
 - 'gold' (`gold.py`): ScienceWorld's own gold action sequences, cached on disk.
 - 'synthetic' (`synthetic.py`): a seeded expert derived from the gold paths that fails like real
-  experts do; labelled `expert='synthetic'`, `meta.synthetic = true`.
+  experts do; labelled `expert='synthetic'`, `meta.synthetic = true`. 'synthetic-cheap' is a weaker
+  one (it fails more) at a lower price: both carry a stated cost model's tokens and cost in `meta`.
 
 Both produce `TrajectoryRecord`s with `source='expert'` whose observations and rewards are what
 the game returned for the actions (`run_expert`), written by `eef_tasks.collect.collect_experts`.
@@ -16,10 +17,10 @@ from typing import Any
 
 from eef_tasks.envs.base import EnvError, TaskSpec
 from eef_tasks.experts.gold import GOLD_EXPERT, GoldPath, generate_gold, gold_plan
-from eef_tasks.experts.synthetic import DEFAULT_SUCCESS_RATE, SYNTHETIC_EXPERT, synthetic_plan
+from eef_tasks.experts.synthetic import SYNTHETIC_EXPERT, SYNTHETIC_EXPERTS, success_rate_of, synthetic_plan
 from eef_tasks.records import StepRecord, TaskRecord, TrajectoryRecord
 
-EXPERTS = (GOLD_EXPERT, SYNTHETIC_EXPERT)
+EXPERTS = (GOLD_EXPERT, *SYNTHETIC_EXPERTS)
 
 
 def traj_id_for(expert: str, task_id: str, seed: int = 0) -> str:
@@ -58,17 +59,17 @@ def plan_actions(
     *,
     seed: int = 0,
     max_steps: int | None = None,
-    success_rate: float = DEFAULT_SUCCESS_RATE,
+    success_rate: float | None = None,
     failure_modes: tuple[str, ...] | None = None,
 ) -> tuple[list[str], dict[str, Any]]:
     """The actions an expert takes on a task, and metadata describing them (`failure_modes`:
-    the synthetic expert's modes to draw from; None = all)."""
+    the synthetic expert's modes to draw from; None = all; `success_rate` None: the expert's own)."""
     if expert == GOLD_EXPERT:
         return gold_plan(gold)
-    if expert == SYNTHETIC_EXPERT:
+    if expert in SYNTHETIC_EXPERTS:
         plan = synthetic_plan(
-            gold.actions, task_id=gold.task_id, seed=seed, success_rate=success_rate,
-            max_steps=max_steps, modes=failure_modes,
+            gold.actions, task_id=gold.task_id, seed=seed, success_rate=success_rate_of(expert, success_rate),
+            max_steps=max_steps, modes=failure_modes, expert=expert,
         )
         return plan.actions, {
             "synthetic": True, "mode": plan.mode, "intends_success": plan.intends_success,
@@ -85,20 +86,21 @@ def run_expert(
     seed: int = 0,
     gold: GoldPath | None = None,
     max_steps: int | None = None,
-    success_rate: float = DEFAULT_SUCCESS_RATE,
+    success_rate: float | None = None,
     failure_modes: tuple[str, ...] | None = None,
 ) -> ExpertRun:
     """Run an offline expert on one task in `env` (a ScienceWorld or a WebShop); for ScienceWorld
     generates the gold path when none is given (returned as `new_gold` so that the caller can cache
     it). `max_steps` shapes the synthetic expert's plan; the actions themselves are not cut at the
-    task's step limit."""
+    task's step limit. A synthetic expert's meta gets its stated cost model's tokens and cost for the
+    actions the game took."""
     new_gold = None
     if getattr(env, "name", None) == "webshop":
         # WebShop's experts plan from the goal and the search index, with no gold-path cache
         from eef_tasks.experts import webshop
 
         actions, meta = webshop.plan(
-            expert, task_id, seed=seed, max_steps=max_steps, success_rate=success_rate
+            expert, task_id, seed=seed, max_steps=max_steps, success_rate=success_rate_of(expert, success_rate)
         )
     else:
         if gold is None:
@@ -118,6 +120,8 @@ def run_expert(
     }
     if max_steps is not None and replay.n_steps > max_steps:
         meta["exceeds_max_steps"] = max_steps
+    if expert in SYNTHETIC_EXPERTS:
+        meta.update(SYNTHETIC_EXPERTS[expert].cost.meta(replay.n_steps))
     return ExpertRun(
         task_id=task_id, expert=expert, seed=seed, traj_id=traj_id_for(expert, task_id, seed),
         instruction=replay.instruction, initial_observation=replay.initial_observation,
@@ -174,6 +178,6 @@ def to_record(run: ExpertRun, spec: TaskSpec, *, with_task: bool = True) -> Traj
 
 
 __all__ = [
-    "EXPERTS", "ExpertRun", "GOLD_EXPERT", "SYNTHETIC_EXPERT", "plan_actions", "run_expert",
+    "EXPERTS", "ExpertRun", "GOLD_EXPERT", "SYNTHETIC_EXPERT", "SYNTHETIC_EXPERTS", "plan_actions", "run_expert",
     "task_record", "to_record", "traj_id_for",
 ]

@@ -28,6 +28,15 @@ default 0.35 on ETO's dev split (gold paths themselves succeed 99 %).
 
 The plan is a pure function of (gold path, task id, seed), so it is reproducible; the observations
 and rewards always come from running the plan in the real game.
+
+**Two synthetic experts of different skill and price** stand in for the paper's GPT-4 and GPT-3.5
+(`SYNTHETIC_EXPERTS`): `synthetic` (success_rate 0.35, priced as GPT-4) and `synthetic-cheap`
+(success_rate 0.15: it fails more, priced as GPT-3.5 Turbo). Neither calls a model: what a
+trajectory would have cost is a **stated cost model** (`CostModel`), written into its `meta` as an
+LLM expert's is (`prompt_tokens`, `completion_tokens`, `cost_usd`, plus `cost_model`): at step k the
+expert reads a prompt of `first_prompt_tokens + k * tokens_per_turn` tokens (the chat grows by one
+action and observation a step) and writes `completion_tokens_per_step` tokens; tokens are priced at
+the stated list prices (dollars per 1M tokens). The numbers are assumptions, not measurements.
 """
 
 from __future__ import annotations
@@ -38,11 +47,73 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SYNTHETIC_EXPERT = "synthetic"
+CHEAP_SYNTHETIC_EXPERT = "synthetic-cheap"
 DEFAULT_SUCCESS_RATE = 0.35
 FAILURE_MODES = ("stop_early", "wrong_action", "skip_steps", "wrong_focus", "wander",
                  "wrong_turn", "carry_wrong", "budget_detour")
 # failure modes after which the expert plays on (EEF's need-recover states come from these)
 NON_TERMINAL_MODES = ("wrong_turn", "carry_wrong", "budget_detour")
+
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """What a synthetic expert's trajectory would have cost from the LLM it stands for (stated, not
+    measured): at step k a prompt of `first_prompt_tokens + k * tokens_per_turn` tokens and a reply of
+    `completion_tokens_per_step` tokens, at `price_in` / `price_out` dollars per 1M tokens."""
+
+    stands_for: str
+    price_in: float
+    price_out: float
+    first_prompt_tokens: int = 600  # system prompt, instruction, first observation
+    tokens_per_turn: int = 150  # one action and its observation join the chat each step
+    completion_tokens_per_step: int = 30
+
+    def usage(self, n_steps: int) -> tuple[int, int]:
+        """(prompt tokens, completion tokens) of a trajectory of `n_steps` actions."""
+        if n_steps < 0:
+            raise ValueError(f"n_steps must be >= 0, not {n_steps}")
+        prompt = n_steps * self.first_prompt_tokens + self.tokens_per_turn * n_steps * (n_steps - 1) // 2
+        return prompt, n_steps * self.completion_tokens_per_step
+
+    def meta(self, n_steps: int) -> dict[str, Any]:
+        """The cost fields of a trajectory's meta (the keys an LLM expert's trajectories carry)."""
+        prompt, completion = self.usage(n_steps)
+        return {
+            "prompt_tokens": prompt, "completion_tokens": completion,
+            "cost_usd": round((prompt * self.price_in + completion * self.price_out) / 1_000_000, 8),
+            "cost_model": {"stated": True, "stands_for": self.stands_for, "price_in": self.price_in,
+                           "price_out": self.price_out, "first_prompt_tokens": self.first_prompt_tokens,
+                           "tokens_per_turn": self.tokens_per_turn,
+                           "completion_tokens_per_step": self.completion_tokens_per_step},
+        }
+
+
+@dataclass(frozen=True)
+class SyntheticExpert:
+    """A labelled synthetic expert: its name (trajectories' `expert`), skill and price."""
+
+    name: str
+    success_rate: float
+    cost: CostModel
+
+
+# list prices per 1M tokens: GPT-4 (8k context) $30 in / $60 out; GPT-3.5 Turbo (0125) $0.50 / $1.50
+SYNTHETIC_EXPERTS = {
+    SYNTHETIC_EXPERT: SyntheticExpert(SYNTHETIC_EXPERT, DEFAULT_SUCCESS_RATE,
+                                      CostModel("gpt-4 (8k context), list price", 30.0, 60.0)),
+    CHEAP_SYNTHETIC_EXPERT: SyntheticExpert(CHEAP_SYNTHETIC_EXPERT, 0.15,
+                                            CostModel("gpt-3.5-turbo-0125, list price", 0.5, 1.5)),
+}
+
+
+def success_rate_of(expert: str, given: float | None = None) -> float:
+    """`given`, else the synthetic expert's own success rate (DEFAULT_SUCCESS_RATE for any other)."""
+    if given is not None:
+        return given
+    known = SYNTHETIC_EXPERTS.get(expert)
+    return known.success_rate if known else DEFAULT_SUCCESS_RATE
+
 
 _SLOTTED = [  # action templates with object slots, most specific first
     re.compile(r"^(?P<verb>move) (?P<a>.+?) to (?P<b>.+)$"),
@@ -140,10 +211,12 @@ def synthetic_plan(
     success_rate: float = DEFAULT_SUCCESS_RATE,
     max_steps: int | None = None,
     modes: tuple[str, ...] | None = None,
+    expert: str = SYNTHETIC_EXPERT,
 ) -> SyntheticPlan:
     """The synthetic expert's plan for one task and seed (deterministic). `modes` restricts the
-    failure modes drawn from (default: every mode the gold path allows)."""
-    rng = random.Random(f"{SYNTHETIC_EXPERT}/{task_id}/{seed}")
+    failure modes drawn from (default: every mode the gold path allows); `expert` (a name of
+    SYNTHETIC_EXPERTS) seeds the draws, so two experts make different plans for the same seed."""
+    rng = random.Random(f"{expert}/{task_id}/{seed}")
     gold = list(gold)
     n = len(gold)
     base = {"gold_steps": n, "seed": seed, "success_rate": success_rate}

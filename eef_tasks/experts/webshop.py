@@ -35,6 +35,7 @@ from eef_tasks.envs.webshop.env import BACK_TO_SEARCH, BUY_NOW, NEXT_PAGE, PREV_
 from eef_tasks.envs.webshop.products import Goal, WebShopData, load_webshop
 from eef_tasks.envs.webshop.search import ProductSearch, product_search
 from eef_tasks.envs.webshop.tasks import MAX_STEPS, goal_of
+from eef_tasks.experts.synthetic import SYNTHETIC_EXPERTS  # the synthetic experts' names, skill and price
 
 GOLD_EXPERT = "gold"
 SYNTHETIC_EXPERT = "synthetic"
@@ -139,9 +140,9 @@ def plan(expert: str, task_id: str, *, seed: int = 0, success_rate: float = DEFA
             "target_rank": route.rank}
     if expert == GOLD_EXPERT:
         return gold, base
-    if expert != SYNTHETIC_EXPERT:
-        raise EnvError(f"unknown WebShop expert {expert!r}; offline experts: gold, synthetic")
-    rng = random.Random(f"{SYNTHETIC_EXPERT}/{task_id}/{seed}")
+    if expert not in SYNTHETIC_EXPERTS:
+        raise EnvError(f"unknown WebShop expert {expert!r}; offline experts: gold, {', '.join(SYNTHETIC_EXPERTS)}")
+    rng = random.Random(f"{expert}/{task_id}/{seed}")  # 'synthetic': the draws it always made
     meta = {**base, "synthetic": True, "seed": seed, "success_rate": success_rate}
     if rng.random() < success_rate:
         actions, mode = _follow(gold, goal, route, rng)

@@ -29,10 +29,11 @@ from typing import Any
 # The package's public names, each from the module that owns it. They load on first use (PEP 562),
 # so that `eef --help` and `eef select` (which list presets) do not load the phases' model stack.
 _HOMES = {
-    "settings": ("MUTABLE_SETTINGS", "OFFLINE_METHODS", "RunConfig", "config_hash", "preset_config", "validation_message"),
+    "settings": ("DPO_PAIRS", "MUTABLE_SETTINGS", "OFFLINE_METHODS", "RunConfig", "config_hash", "preset_config", "validation_message"),
     "errors": ("PipelineError",),
-    "runs": ("BC_PHASES", "MODEL_PHASES", "PHASES", "adapter_dir", "finished_phases", "load_run", "mark_phase",
-             "next_iteration", "phases_of", "policy_adapter", "register_run", "require_earlier_phases", "store_id"),
+    "runs": ("BC_PHASES", "MODEL_PHASES", "PHASES", "adapter_dir", "dpo_adapter_dir", "finished_phases", "load_run",
+             "mark_phase", "next_iteration", "phase_adapter", "phases_of", "policy_adapter", "policy_phase", "register_run",
+             "require_earlier_phases", "store_id"),
     "phases": ("PHASE_FUNCTIONS", "run_iteration", "run_phase"),
     "slot": ("gpu_slot",),
     "process": ("PROGRESS_PREFIX", "RESULT_PREFIX", "main", "run_phase_process", "set_torch_threads"),

@@ -8,6 +8,10 @@ phases in the order `runs.phases_of` gives.
               search='binary', rounds of a bisection over each one's steps)
     select    the iteration's training set (`eef select`: sql/select/*)
     train     a fresh LoRA adapter on it
+    dpo       (eef+dpo, eto) DPO with TRL on the iteration's preference pairs (eef_tasks.dpo): eef+dpo
+              continues the train phase's adapter on the pairs of its important states, eto the
+              previous iteration's policy on (expert success, failed exploration) pairs; its adapter
+              is then the iteration's policy (`runs.policy_phase`)
     evaluate  the new adapter on the evaluation tasks (eef_tasks.evaluation, purpose 'eval')
 """
 
@@ -20,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from eef_tasks import evaluation, interrupt, rollout, selection, store
+from eef_tasks import evaluation, interrupt, preferences, rollout, selection, store
 from eef_tasks.engines import SamplingConfig
 from eef_tasks.engines.hf import HFEngine
 from eef_tasks.envs import registry
@@ -28,10 +32,12 @@ from eef_tasks.pipeline.runs import (
     MODEL_PHASES,
     PHASES,
     adapter_dir,
+    dpo_adapter_dir,
     finished_phases,
     load_run,
     mark_phase,
     next_iteration,
+    phase_adapter,
     phases_of,
     policy_adapter,
     require_earlier_phases,
@@ -301,6 +307,30 @@ def train(db, config: RunConfig, iteration: int, progress: Progress | None) -> d
             "n_optimizer_steps": info.n_optimizer_steps, "final_loss": info.final_loss, "train_s": info.wall_s}
 
 
+def dpo(db, config: RunConfig, iteration: int, progress: Progress | None) -> dict:
+    """DPO on the iteration's pairs (config.dpo_pairs), from the adapter it continues: the train phase's
+    (eef+dpo) or the previous iteration's policy (eto). No pairs: that adapter stays the policy."""
+    from eef_tasks.dpo import train_dpo  # TRL loads only in dpo phases
+
+    method = config.dpo_pairs
+    start = phase_adapter(db, config, iteration, "train") if "train" in phases_of(iteration, config) else \
+        policy_adapter(db, config, iteration - 1)
+    with store.reader(db) as con:
+        keys = preferences.pair_rows(con, config.run_id, iteration, method)
+    if not keys:
+        return {"adapter": str(start), "carried_over": True, "n_pairs": 0, "pairs_from": method,
+                "sft_adapter": str(start)}
+    out = dpo_adapter_dir(config, iteration)
+    record = read_train_record(out)
+    if record is not None and record.get("pairs") == keys and record.get("sft_adapter") == str(start):
+        return {"adapter": str(out), "n_pairs": record["n_pairs"], "final_loss": record["final_loss"],
+                "pairs_from": method, "sft_adapter": str(start), "already_trained": True}
+    info = train_dpo(db, config.run_id, iteration, out, sft_adapter=start, method=method,
+                     base_model=config.base_model, config=config.dpo, overwrite=True)
+    return {"adapter": info["path"], "n_pairs": info["n_pairs"], "pairs_from": method, "sft_adapter": str(start),
+            "n_optimizer_steps": info["n_optimizer_steps"], "final_loss": info["final_loss"], "train_s": info["wall_s"]}
+
+
 PHASE_FUNCTIONS: dict[str, Callable[..., dict]] = {
-    "explore": explore, "simulate": simulate, "select": select, "train": train, "evaluate": evaluate,
+    "explore": explore, "simulate": simulate, "select": select, "train": train, "dpo": dpo, "evaluate": evaluate,
 }

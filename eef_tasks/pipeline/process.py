@@ -103,7 +103,7 @@ def torch_threads(phase: str) -> int:
     wanted = os.environ.get("EEF_TORCH_THREADS")
     if wanted:
         return max(1, int(wanted))
-    if phase in ("train", "select"):
+    if phase in ("train", "dpo", "select"):
         return idle_cores()
     return max(1, min((os.cpu_count() or 2) // 2, idle_cores()))
 

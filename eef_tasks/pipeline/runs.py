@@ -16,9 +16,16 @@ from eef_tasks.pipeline.errors import PipelineError
 from eef_tasks.pipeline.settings import MUTABLE_SETTINGS, RunConfig
 from eef_tasks.training import default_adapter_dir
 
-PHASES = ("explore", "simulate", "select", "train", "evaluate")
-MODEL_PHASES = frozenset({"explore", "simulate", "train", "evaluate"})  # hold the machine's model slot
+PHASES = ("explore", "simulate", "select", "train", "dpo", "evaluate")
+MODEL_PHASES = frozenset({"explore", "simulate", "train", "dpo", "evaluate"})  # hold the machine's model slot
 BC_PHASES = ("select", "train", "evaluate")
+# the phases of an iteration after BC, per method (phases_of)
+_ITERATION_PHASES = {
+    "eef": ("explore", "simulate", "select", "train", "evaluate"),
+    "rft": ("explore", "select", "train", "evaluate"),
+    "eef+dpo": ("explore", "simulate", "select", "train", "dpo", "evaluate"),
+    "eto": ("explore", "dpo", "evaluate"),
+}
 
 
 # --- the run registry -----------------------------------------------------------------------------
@@ -34,7 +41,10 @@ def register_run(db: str | Path, config: RunConfig) -> RunConfig:
             stored = RunConfig(**json.loads(row[1])["config"])
             requested = json.loads(row[1])["requested"]
             given = config.model_dump(mode="json")
-            changed = sorted(k for k in given if k not in MUTABLE_SETTINGS and given[k] != requested.get(k))
+            # a setting added to eef after the run was registered counts as its default there
+            defaults = RunConfig(run_id=config.run_id).model_dump(mode="json")
+            changed = sorted(k for k in given if k not in MUTABLE_SETTINGS
+                             and given[k] != requested.get(k, defaults.get(k)))
             if changed:
                 raise PipelineError(
                     f"run {config.run_id!r} exists with other settings ({', '.join(changed)}); "
@@ -62,16 +72,18 @@ def register_run(db: str | Path, config: RunConfig) -> RunConfig:
             raise PipelineError(f"no {config.eval_split} tasks to evaluate on"
                                 + (f" named {', '.join(config.task_names)}" if config.task_names else ""))
         if row is None:
-            con.execute("INSERT INTO runs (run_id, n_sims, method, search) VALUES ($r, $m, $method, $search)",
-                        {"r": config.run_id, "m": config.n_sims, "method": config.method, "search": config.search})
+            con.execute("INSERT INTO runs (run_id, n_sims, method, search, experts) "
+                        "VALUES ($r, $m, $method, $search, $experts)",
+                        {"r": config.run_id, "m": config.n_sims, "method": config.method, "search": config.search,
+                         "experts": config.experts or None})
         _write_config(con, resolved, config.model_dump(mode="json"))
         return resolved
 
 
 def _write_config(con: Any, config: RunConfig, requested: dict) -> None:
     con.execute(
-        "UPDATE runs SET config = $c, method = $method, search = $search WHERE run_id = $r",
-        {"r": config.run_id, "method": config.method, "search": config.search,
+        "UPDATE runs SET config = $c, method = $method, search = $search, experts = $experts WHERE run_id = $r",
+        {"r": config.run_id, "method": config.method, "search": config.search, "experts": config.experts or None,
          "c": json.dumps({"config": config.model_dump(mode="json"), "requested": requested})},
     )
 
@@ -84,8 +96,9 @@ def _train_tasks(con: Any, config: RunConfig) -> list[str]:
            FROM tasks AS task
            JOIN trajectories AS traj USING (task_id)
            WHERE task.split = 'train' AND traj.source = 'expert' AND task.env = $env
+             AND uses_expert($experts::VARCHAR[], traj.expert)
            ORDER BY task.task_id""",
-        {"env": config.task_env},
+        {"env": config.task_env, "experts": config.experts or None},
     ).fetchall()]
     try:
         return registry.narrow_tasks(config.env, ids, config.task_names, config.train_limit)
@@ -136,7 +149,14 @@ def phases_of(iteration: int, config: RunConfig) -> tuple[str, ...]:
     """The phases of an iteration, in the order they run: the one home of that order."""
     if iteration == 0:
         return BC_PHASES
-    return PHASES if config.method == "eef" else tuple(p for p in PHASES if p != "simulate")
+    if config.method not in _ITERATION_PHASES:  # sft-all, nat: iteration 0 only (RunConfig checks it)
+        raise PipelineError(f"run {config.run_id!r} ({config.method}) has no iterations after iteration 0")
+    return _ITERATION_PHASES[config.method]
+
+
+def policy_phase(iteration: int, config: RunConfig) -> str:
+    """The phase whose adapter is iteration `iteration`'s policy: dpo where the iteration has one, else train."""
+    return "dpo" if "dpo" in phases_of(iteration, config) else "train"
 
 
 def finished_phases(db: str | Path, run_id: str) -> dict[tuple[int, str], dict]:
@@ -190,10 +210,21 @@ def adapter_dir(config: RunConfig, iteration: int) -> Path:
 
 
 def policy_adapter(db: str | Path, config: RunConfig, iteration: int) -> Path:
-    """The adapter that iteration `iteration`'s train phase produced (or carried over)."""
-    done = finished_phases(db, config.run_id).get((iteration, "train"))
+    """The adapter that iteration `iteration`'s train phase (dpo phase, where it has one) produced or
+    carried over."""
+    return phase_adapter(db, config, iteration, policy_phase(iteration, config))
+
+
+def phase_adapter(db: str | Path, config: RunConfig, iteration: int, phase: str) -> Path:
+    """The adapter that phase `phase` (train or dpo) of iteration `iteration` produced or carried over."""
+    done = finished_phases(db, config.run_id).get((iteration, phase))
     if done is None:
         raise PipelineError(
-            f"run {config.run_id!r}: iteration {iteration} has no trained adapter yet (its train phase did not finish)"
+            f"run {config.run_id!r}: iteration {iteration} has no trained adapter yet (its {phase} phase did not finish)"
         )
     return Path(done["adapter"])
+
+
+def dpo_adapter_dir(config: RunConfig, iteration: int) -> Path:
+    """Where iteration `iteration`'s dpo phase writes its adapter, e.g. data/adapters/RUN/dpo-it1."""
+    return default_adapter_dir(config.run_id, iteration, "dpo", config.adapters_dir)

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from eef_tasks.credentials import VLLM_KEY_HINT, refuse_url_credentials
+from eef_tasks.dpo import DPOTrainConfig
 from eef_tasks.envs import registry
 from eef_tasks.envs.base import EnvError
 from eef_tasks.pipeline import presets
@@ -24,6 +25,12 @@ MUTABLE_SETTINGS = frozenset({"iterations", "workers", "engine", "vllm_url", "se
 # SFT-ALL and NAT rows); bc itself (SFT-POS) is every run's iteration 0
 OFFLINE_METHODS = frozenset({"sft-all", "nat"})
 
+# methods with a dpo phase after BC, and the preference pairs it trains on (eef_tasks.preferences):
+# eef+dpo continues each iteration's EEF adapter with DPO on the pairs of its important states; eto
+# (ETO) has no SFT after BC: each iteration continues the previous policy with DPO on pairs of an
+# expert success and a failed exploration of the same task (sql/views/46_eto_pairs.sql)
+DPO_PAIRS = {"eef+dpo": "eef", "eto": "eto"}
+
 
 class RunConfig(BaseModel):
     """Everything that defines a run. The defaults are the paper's (I = 4 iterations, M = 5, 6 epochs,
@@ -35,8 +42,9 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # no refused URL in logs
 
     run_id: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="name of the run (experiment)")
-    method: Literal["eef", "rft", "sft-all", "nat"] = Field(
-        "eef", description="eef; rft (the baseline: no simulations); sft-all or nat (trained once on all expert data)")
+    method: Literal["eef", "rft", "sft-all", "nat", "eto", "eef+dpo"] = Field(
+        "eef", description="eef; rft (the baseline: no simulations); sft-all or nat (trained once on all expert data); "
+                           "eto (DPO on expert success vs failed exploration); eef+dpo (eef, then DPO on its pairs)")
     n_sims: int = Field(5, ge=0, le=50, description="M: simulations per failed expert trajectory (rft: 0)")
     search: Literal["uniform", "binary"] = Field(
         "uniform", description="eef: simulate from M evenly spaced checkpoints (uniform) or bisect each failed "
@@ -47,6 +55,8 @@ class RunConfig(BaseModel):
     env_url: str | None = Field(None, description="server of an environment that has one (agentgym:*; several, comma-separated, share the episodes; "
                                                   "default $EEF_AGENTGYM_WEBSHOP_URL for agentgym:webshop, …, then $EEF_AGENTGYM_URL)")
     task_names: list[str] = Field(default_factory=list, description="restrict to these task names, e.g. find-plant; empty = all")
+    experts: list[str] = Field(default_factory=list, description="learn only from these experts' trajectories, e.g. "
+                                                                 "synthetic; empty = every expert in the store")
     train_tasks: list[str] = Field(default_factory=list, description="training task ids; empty = train tasks in the store with expert data")
     train_limit: int | None = Field(None, ge=1, description="at most this many training tasks")
     eval_split: Literal["dev", "test"] = Field("dev", description="split the adapters are evaluated on")
@@ -60,6 +70,7 @@ class RunConfig(BaseModel):
     base_model: str | None = Field(None, description="local path or hub id; None = SmolLM2-135M-Instruct")
     bc_adapter: str | None = Field(None, description="use this behaviour-cloning adapter instead of training one")
     train: TrainConfig = Field(default_factory=TrainConfig)
+    dpo: DPOTrainConfig = Field(default_factory=DPOTrainConfig, description="eto, eef+dpo: the DPO phase's training")
     explore_temperature: float = Field(1.0, ge=0)
     eval_temperature: float = Field(0.0, ge=0, description="0 = greedy evaluation")
     top_p: float = Field(1.0, gt=0, le=1)
@@ -98,9 +109,9 @@ class RunConfig(BaseModel):
             if self.method != "eef" or self.n_sims != 0:
                 raise ValueError("search='binary' is an eef option that picks its own states: method 'eef', n_sims 0")
             return self
-        if self.method == "rft" and self.n_sims != 0:
-            raise ValueError("rft runs have no simulations: n_sims must be 0")
-        if self.method == "eef" and self.n_sims == 0:
+        if self.method in ("rft", "eto") and self.n_sims != 0:
+            raise ValueError(f"{self.method} runs have no simulations: n_sims must be 0")
+        if self.method in ("eef", "eef+dpo") and self.n_sims == 0:
             raise ValueError("eef needs n_sims >= 1 (n_sims = 0 is the rft baseline: method='rft')")
         return self
 
@@ -112,10 +123,16 @@ class RunConfig(BaseModel):
 
     def train_method(self, iteration: int) -> str:
         """The training_examples method of an iteration: bc at iteration 0 (the offline methods: their
-        own set), else the run's method."""
+        own set), else the run's method (eef+dpo: eef, whose set its SFT adapter learns; eto has no set
+        after iteration 0, only pairs)."""
         if iteration == 0:
             return self.method if self.method in OFFLINE_METHODS else "bc"
-        return self.method
+        return "eef" if self.method == "eef+dpo" else self.method
+
+    @property
+    def dpo_pairs(self) -> str | None:
+        """The pairs the run's dpo phase trains on (eef_tasks.preferences: 'eef' or 'eto'); None: no dpo phase."""
+        return DPO_PAIRS.get(self.method)
 
     @property
     def prompt_tag(self) -> str | None:
@@ -135,11 +152,11 @@ def validation_message(exc: ValidationError) -> str:
 
 
 def preset_config(preset: str, run_id: str, method: str = "eef", **overrides: Any) -> RunConfig:
-    """The RunConfig of a preset for run `run_id` (rft and binary search: M = 0; sft-all, nat: M = 0
+    """The RunConfig of a preset for run `run_id` (rft, eto and binary search: M = 0; sft-all, nat: M = 0
     and no iterations after iteration 0), with `overrides` applied."""
     values = {**presets.settings_of(preset, _task_env_of(overrides.get("env", "scienceworld"))),
               "run_id": run_id, "method": method, **overrides}
-    if method in ("rft", *OFFLINE_METHODS) or values.get("search") == "binary":
+    if method in ("rft", "eto", *OFFLINE_METHODS) or values.get("search") == "binary":
         values["n_sims"] = 0
     if method in OFFLINE_METHODS:
         values["iterations"] = 0

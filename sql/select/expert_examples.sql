@@ -1,7 +1,8 @@
 -- expert_examples: the offline baselines' training sets, every expert trajectory of a training task
 -- with its outcome, trained from the base model (the paper's SFT-ALL and NAT rows).
 -- Grain: one row per expert trajectory (success or failure) of a train-split task.
--- Inputs: trajectories (source = 'expert'), tasks (train split); $run_id, $method ('sft-all' | 'nat').
+-- Inputs: trajectories (source = 'expert', of the run's experts: uses_expert), tasks (train split);
+--         $run_id, $method ('sft-all' | 'nat').
 -- Loss on every action (loss_from_step = 0); state_kind 'expert_success' or 'expert_failure'.
 -- 'sft-all' learns failures as if they were successes (prompt_tag NULL); 'nat' (negative-aware
 -- training, Wang et al. 2024) tells them apart in the prompt: prompt_tag 'positive' for a success,
@@ -16,6 +17,7 @@ WITH expert_trajectories AS (
     JOIN tasks AS k ON k.task_id = t.task_id
     WHERE t.source = 'expert'
       AND k.split = 'train'
+      AND uses_expert((SELECT experts FROM runs WHERE run_id = $run_id), t.expert)
 )
 
 SELECT

@@ -4,7 +4,7 @@
 -- (need_recover_states) read it.
 -- Grain: one row per (run_id, iteration, expert_traj_id, step) with step 0 (kind 'initial'), a
 --        simulated state 0 < step < T (kind 'probe') or step T (kind 'end').
--- Inputs: runs (search = 'binary'), trajectories (failed expert trajectories of train tasks with
+-- Inputs: runs (search = 'binary'; experts: uses_expert), trajectories (failed expert trajectories of train tasks with
 --         T >= 2 actions, which have a state s_k with 0 < k < T; the run's explore rollouts and
 --         simulations), tasks.
 -- Rules (README, "Binary search"): an iteration of the run is one that has explore rollouts or
@@ -13,13 +13,13 @@
 -- succeeds (the expert failed from there, and s_T is not a state to continue from).
 CREATE OR REPLACE VIEW binary_search_points AS
 WITH binary_runs AS (
-    SELECT run_id
+    SELECT run_id, experts
     FROM runs
     WHERE search = 'binary'
 ),
 
 failed_experts AS (
-    SELECT t.traj_id, t.task_id, t.n_steps
+    SELECT t.traj_id, t.task_id, t.n_steps, t.expert
     FROM trajectories AS t
     JOIN tasks AS k ON k.task_id = t.task_id
     WHERE t.source = 'expert'
@@ -40,7 +40,9 @@ searches AS (
     -- one bisection per run, iteration and failed expert trajectory
     SELECT i.run_id, i.iteration, f.traj_id AS expert_traj_id, f.task_id, f.n_steps
     FROM (SELECT DISTINCT run_id, iteration FROM policy_runs) AS i
+    JOIN binary_runs AS r ON r.run_id = i.run_id
     CROSS JOIN failed_experts AS f
+    WHERE uses_expert(r.experts, f.expert)
 ),
 
 from_initial_state AS (

@@ -1,7 +1,8 @@
 -- positive_pool: the successful trajectories a run may learn from.
 -- Grain: one row per (run_id, traj_id).
--- Inputs: runs, trajectories, tasks (train split).
--- Rule (METHOD.md step 2.3, CONTRACT.md `eef select`): expert successes are shared by every run;
+-- Inputs: runs (experts: uses_expert), trajectories, tasks (train split).
+-- Rule (METHOD.md step 2.3, CONTRACT.md `eef select`): expert successes are shared by every run (of
+-- the experts it learns from, runs.experts);
 -- a run's own policy successes join the pool from the iteration that made them on. Other runs'
 -- trajectories and evaluation rollouts never enter it. Callers filter iteration <= N.
 CREATE OR REPLACE VIEW positive_pool AS
@@ -19,6 +20,7 @@ SELECT
 FROM train_successes AS e
 CROSS JOIN runs AS r
 WHERE e.source = 'expert'
+  AND uses_expert(r.experts, e.expert)
 
 UNION ALL
 

@@ -3,16 +3,20 @@
 -- Grain: one row per (run_id, iteration) that has policy trajectories or training_examples;
 --        iteration 0 (behaviour cloning) has a row when the run has bc examples or iteration-0
 --        eval trajectories.
--- Inputs: runs, tasks, trajectories, training_examples, need_recover_states, win_rates.
+-- Inputs: runs, tasks, trajectories, training_examples, need_recover_states, win_rates, run_phases (dpo).
 -- Columns:
 --   method            the run's method, runs.method (written when the run is registered or first
 --                     selects an eef/rft set; NULL for a run that is not in runs)
 --   train_method      the method of the iteration's training set: 'bc' at iteration 0 (a sft-all or
---                     nat run: its own method, trained once on expert data), else method
+--                     nat run: its own method, trained once on expert data), else method (an eef+dpo
+--                     run: 'eef', the set its SFT adapter learns; an eto run: 'eto', no SFT set)
 --   n_examples, n_initial, n_need_recover, n_expert_success
 --                     that training set's size and its rows by state_kind (0 when not selected)
 --   n_expert_failure  its expert_failure rows (sft-all, nat; added after the others, as is search)
 --   search            runs.search: 'uniform' (M checkpoints) or 'binary' (bisection; M = 0)
+--   n_dpo_pairs       preference pairs the iteration's dpo phase trained on (eef+dpo, eto; run_phases
+--                     summary n_pairs: 0 when it had none and kept its starting adapter); NULL when
+--                     the iteration has no finished dpo phase
 --   n_need_recover_found   distinct need-recover states (expert_traj_id, step) found in
 --                     iterations <= this one (METHOD.md step 2.4: important states accumulate)
 --   n_simulations     purpose = 'simulate' trajectories of this iteration (from expert states)
@@ -56,6 +60,7 @@ iterations AS (
         m.n_sims,
         m.search,
         CASE
+            WHEN i.iteration > 0 AND m.method = 'eef+dpo' THEN 'eef'
             WHEN i.iteration > 0 THEN m.method
             WHEN m.method IN ('sft-all', 'nat') THEN m.method
             ELSE 'bc'
@@ -137,6 +142,12 @@ eval_by_split AS (
     GROUP BY run_id, iteration, split
 ),
 
+dpo_phases AS (
+    SELECT run_id, iteration, (summary ->> '$.n_pairs')::BIGINT AS n_dpo_pairs
+    FROM run_phases
+    WHERE phase = 'dpo'
+),
+
 headline_eval AS (
     -- dev when evaluated on dev, else test
     SELECT *
@@ -170,13 +181,15 @@ SELECT
     test.win_rate AS test_win_rate,
     test.mean_reward AS test_mean_reward,
     coalesce(x.n_expert_failure, 0) AS n_expert_failure,
-    i.search
+    i.search,
+    d.n_dpo_pairs
 FROM iterations AS i
 LEFT JOIN examples AS x ON x.run_id = i.run_id AND x.iteration = i.iteration
 LEFT JOIN need_recover_found AS f ON f.run_id = i.run_id AND f.iteration = i.iteration
 LEFT JOIN rollouts AS r ON r.run_id = i.run_id AND r.iteration = i.iteration
 LEFT JOIN explore_wins AS w ON w.run_id = i.run_id AND w.iteration = i.iteration
 LEFT JOIN headline_eval AS h ON h.run_id = i.run_id AND h.iteration = i.iteration
+LEFT JOIN dpo_phases AS d ON d.run_id = i.run_id AND d.iteration = i.iteration
 LEFT JOIN eval_by_split AS dev
     ON dev.run_id = i.run_id AND dev.iteration = i.iteration AND dev.split = 'dev'
 LEFT JOIN eval_by_split AS test

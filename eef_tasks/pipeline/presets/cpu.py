@@ -1,4 +1,4 @@
-"""issue 11's CPU experiment (a definition, not yet run or timed): EEF vs RFT vs RFT×k on find-non-living-thing, 3 iterations, 3 seeds.
+"""issue 11's CPU experiment (a definition, not yet run or timed): EEF vs RFT vs RFT×k on find-non-living-thing, 2 iterations, 3 seeds.
 
     eef experiment --preset cpu --db data/cpu.duckdb --name cpu --seeds 0,1,2
 
@@ -7,16 +7,28 @@ RFT×k's explore episodes per iteration match EEF's explore + simulate episodes:
 task plus one per checkpoint of the failed expert trajectories, view expert_checkpoints), the
 three sharing seed s's behaviour-cloning adapter, then writes results/cpu/ (eef_tasks/experiment.py).
 
-find-non-living-thing with the synthetic expert's wrong_turn failures (docs/policy-probe.md), at a size that can say something: 40
-training variations; every iteration's adapter is evaluated on the family's dev split (6 tasks: they
-choose the iteration) and on its test split (10 tasks, eval_limit: they report it, report_split).
+find-non-living-thing with the synthetic expert's wrong_turn failures and the demo's training
+setting, the one measured to make EEF's mechanism fire (docs/policy-probe.md: 32+ optimizer steps at
+lr 2e-3, batch 2, dropout 0), on twice the demo's training tasks; every iteration's adapter is
+evaluated on the family's dev split (6 tasks: they choose the iteration) and on its test split (10
+tasks, eval_limit: they report it, report_split). Sized from the demo's measured cost (~14 min for
+BC + one EEF and one RFT iteration on 8 tasks at load ~5) to stay near 2 hours for 3 seeds; not
+timed yet.
+
+The paper's whole table from one invocation (README, "The paper's table in one command"):
+
+    eef run --preset cpu --db data/cpu.duckdb --name cpu --expert synthetic,synthetic-cheap \\
+        --extra sft-all,nat,eef-binary,eto,eef+dpo,rft-x4
 """
 
 SETTINGS = dict(
-    iterations=3, n_sims=10,
+    iterations=2, n_sims=4,
     task_names=["find-non-living-thing"],
-    train_limit=40, eval_limit=10, report_split="test",
-    train=dict(epochs=3, batch_size=8, micro_batch=4, max_length=1024, learning_rate=1e-3, lora_dropout=0.0),
+    train_limit=16, eval_limit=10, report_split="test",
+    train=dict(epochs=4, batch_size=2, micro_batch=2, max_length=1024, learning_rate=2e-3,
+               lora_dropout=0.0, gradient_checkpointing=False),
+    # eto, eef+dpo: DPO's defaults (1 epoch, lr 5e-6) take one optimizer step of a LoRA on a few pairs here
+    dpo=dict(epochs=3, batch_size=8, micro_batch=4, max_length=1024, learning_rate=1e-4),
     explore_temperature=0.7, top_p=0.95,
     max_new_tokens=24, max_steps=12, workers=4,
 )
