@@ -96,7 +96,7 @@ def simulation_episodes(
             # shadows the stored table and writes nothing) applies the view's rule to M = n_sims.
             con.execute(
                 "CREATE TEMP TABLE runs AS SELECT $run_id::VARCHAR AS run_id, $m::INTEGER AS n_sims, "
-                "'uniform' AS search",
+                "'uniform' AS search, NULL::VARCHAR[] AS experts",
                 {"run_id": run_id, "m": int(n_sims)},
             )
         rows = con.execute(
