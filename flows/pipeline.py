@@ -64,6 +64,21 @@ def extra_run_id(name: str, extra: str) -> str:
 
 
 
+def known_preset(value: str) -> str:
+    """A parameter form's preset: one of the recipes (pydantic validator of `preset` fields)."""
+    if value not in presets.names():
+        raise ValueError(f"unknown preset {value!r}: one of {', '.join(presets.names())}")
+    return value
+
+
+def overrides_without_credentials(overrides: dict) -> dict:
+    """A form's run-setting overrides, refused when a vLLM URL carries credentials: checked on the
+    parameters, not only when the RunConfig is built, because Prefect stores parameters first."""
+    if isinstance(overrides.get("vllm_url"), str):
+        refuse_url_credentials(overrides["vllm_url"], "overrides.vllm_url", VLLM_KEY_HINT)
+    return overrides
+
+
 class IterationParams(BaseModel):
     db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store")
     run_id: str = Field("eef-1", description="a run registered by the eef or rft flow")
@@ -124,12 +139,7 @@ class ExperimentParams(BaseModel):
     overrides: dict = Field(default_factory=dict, description="run settings to change (the fields of the eef flow's run form), e.g. {\"iterations\": 3}")
     out_dir: str = Field("data/reports", description="where the comparison table (CSV, Markdown) and the plot go")
 
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, value: str) -> str:
-        if value not in presets.names():
-            raise ValueError(f"unknown preset {value!r}: one of {', '.join(presets.names())}")
-        return value
+    _known_preset = field_validator("preset")(known_preset)
 
     @field_validator("extra_runs")
     @classmethod
@@ -139,13 +149,7 @@ class ExperimentParams(BaseModel):
             raise ValueError(f"unknown extra run {unknown[0]!r}: one of {', '.join(EXTRA_RUNS)}, rft-xK (K 1..16)")
         return list(dict.fromkeys(values))
 
-    @field_validator("overrides")
-    @classmethod
-    def _no_credentials_in_url(cls, overrides: dict) -> dict:
-        # checked here, not only when the RunConfig is built: Prefect stores parameters first
-        if isinstance(overrides.get("vllm_url"), str):
-            refuse_url_credentials(overrides["vllm_url"], "overrides.vllm_url", VLLM_KEY_HINT)
-        return overrides
+    _no_credentials_in_url = field_validator("overrides")(overrides_without_credentials)
 
 
 # --- tasks ------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from eef_tasks.envs import registry
 from eef_tasks.pipeline import RunConfig, presets
 from flows import local_server
 from flows.collect import CollectParams, collect_flow
-from flows.pipeline import RFTParams, RunParams, eef_flow, rft_flow
+from flows.pipeline import (RFTParams, RunParams, eef_flow, known_preset, overrides_without_credentials,
+                            rft_flow)
 
 
 class SeedsParams(BaseModel):
@@ -41,12 +42,8 @@ class SeedsParams(BaseModel):
     out_dir: str | None = Field(None, description="the results folder; empty = results/NAME")
     command: str | None = Field(None, description="the command line, written into results.md")
 
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, value: str) -> str:
-        if value not in presets.names():
-            raise ValueError(f"unknown preset {value!r}: one of {', '.join(presets.names())}")
-        return value
+    _known_preset = field_validator("preset")(known_preset)
+    _no_credentials_in_url = field_validator("overrides")(overrides_without_credentials)
 
     @field_validator("seeds")
     @classmethod

@@ -164,13 +164,15 @@ CREDENTIAL_URLS = [
 def test_flow_parameters_refuse_credentials_in_urls(url):
     from flows.collect import CollectParams
     from flows.pipeline import ExperimentParams, RunParams
+    from flows.seeds import SeedsParams
 
     assert has_url_credentials(url) and "hunter2" not in redact_url(url) and "qs-secret" not in redact_url(url)
     with pytest.raises(ValidationError, match="api_key_env") as err:
         CollectParams(expert="llm", llm={"base_url": url, "model": "m", "name": "x"})
     assert "hunter2" not in str(err.value) and "qs-secret" not in str(err.value)
     for make in (lambda: RunParams(run={"run_id": "r", "engine": "vllm", "vllm_url": url}),
-                 lambda: ExperimentParams(overrides={"vllm_url": url})):
+                 lambda: ExperimentParams(overrides={"vllm_url": url}),
+                 lambda: SeedsParams(overrides={"vllm_url": url})):
         with pytest.raises(ValidationError, match="VLLM_API_KEY") as err:
             make()
         assert "hunter2" not in str(err.value) and "qs-secret" not in str(err.value)
