@@ -688,6 +688,20 @@ class CompareFormat(str, Enum):
     json = "json"
 
 
+def _wrote_as_data(frame, db: Path, fmt: CompareFormat) -> bool:
+    """A comparison frame to stdout as csv or json (True), or nothing for the table format (False);
+    an empty one is an error."""
+    if frame.is_empty():
+        raise store.StoreError(f"nothing to compare in {db}: no run has policy trajectories or training examples yet")
+    if fmt is CompareFormat.csv:
+        sys.stdout.write(frame.write_csv())
+    elif fmt is CompareFormat.json:
+        sys.stdout.write(json_text(frame.to_dicts(), indent=1) + "\n")
+    else:
+        return False
+    return True
+
+
 @app.command()
 @user_errors
 def compare(
@@ -724,17 +738,12 @@ def compare(
         _compare_cost(db, run, fmt, cost_plot)
         return
     frame = report.run_totals(db, run or None) if totals else report.comparison(db, run or None)
-    if frame.is_empty():
-        raise store.StoreError(f"nothing to compare in {db}: no run has policy trajectories or training examples yet")
-    if fmt is CompareFormat.csv:
-        sys.stdout.write(frame.write_csv())
-    elif fmt is CompareFormat.json:
-        sys.stdout.write(json_text(frame.to_dicts(), indent=1) + "\n")
-    elif totals:
-        _print_frame(frame, "Budget per run (view run_budget)")
-    else:
-        _print_comparison(frame, "Runs by iteration (win rates in %; eval split: dev, else test)")
-        _print_frame(report.run_totals(db, run or None), "Budget per run (view run_budget)")
+    if not _wrote_as_data(frame, db, fmt):
+        if totals:
+            _print_frame(frame, "Budget per run (view run_budget)")
+        else:
+            _print_comparison(frame, "Runs by iteration (win rates in %; eval split: dev, else test)")
+            _print_frame(report.run_totals(db, run or None), "Budget per run (view run_budget)")
     if plot is not None:
         err.print(f"wrote {report.win_rate_plot(report.comparison(db, run or None), plot)}")
 
@@ -815,13 +824,7 @@ def _compare_cost(db: Path, runs: list[str] | None, fmt: CompareFormat, plot: Pa
     if plot is not None:
         report.check_plot_path(plot)
     frame = expert_cost.cost_table(db, runs or None)
-    if frame.is_empty():
-        raise store.StoreError(f"nothing to compare in {db}: no run has policy trajectories or training examples yet")
-    if fmt is CompareFormat.csv:
-        sys.stdout.write(frame.write_csv())
-    elif fmt is CompareFormat.json:
-        sys.stdout.write(json_text(frame.to_dicts(), indent=1) + "\n")
-    else:
+    if not _wrote_as_data(frame, db, fmt):
         headers, rows = expert_cost.display_rows(frame)
         table = Table(title="Win rate per unit of expert cost (expert data of each run's training tasks)")
         for header in headers:
