@@ -33,6 +33,17 @@ def build(con: duckdb.DuckDBPyConnection) -> StoreBuilder:
     return StoreBuilder(con)
 
 
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    """The default model's checkpoint folder (converted once from its GGUF); skips without it."""
+    from eef_tasks.models import ModelError, default_model_path
+
+    try:
+        return default_model_path()
+    except ModelError as exc:  # pragma: no cover - depends on the installation
+        pytest.skip(str(exc))
+
+
 @pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture parameters
 def pytest_collection_modifyitems(config, items) -> None:
     """Tests against the real vLLM server (marker `real_vllm`) run last: `make test` installs vLLM in

@@ -71,16 +71,6 @@ def prefect_server():
 
 
 @pytest.fixture(scope="module")
-def model_path() -> str:
-    from eef_tasks.models import ModelError, default_model_path
-
-    try:
-        return str(default_model_path())
-    except ModelError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="module")
 def gold_store(tmp_path_factory) -> tuple[Path, str]:
     db = tmp_path_factory.mktemp("gold") / "gold.duckdb"
     gold_id, _ = _store_gold(db)
@@ -103,7 +93,7 @@ def test_ray_shards_store_what_a_local_run_stores(cluster, prefect_server, model
     (tests/test_rollout.py); the shards store the same ids, as many, with the same replay."""
     db, gold_id = gold_store
     on_ray = _copy(db, tmp_path / "ray.duckdb")
-    factory = functools.partial(HFEngine, model_path, None, device="cpu", max_batch_size=8)
+    factory = functools.partial(HFEngine, str(model_path), None, device="cpu", max_batch_size=8)
     explore = [RolloutEpisode(FIND, sample=s) for s in range(3)]
     sims = [RolloutEpisode(FIND, gold_id, 2)]
     common = dict(engine_factory=factory, sampling=SAMPLING, n_workers=2)
@@ -142,7 +132,7 @@ def _shard_workers() -> list[int]:
 def test_a_shard_whose_worker_is_killed_is_rerun_without_loss_or_duplicates(cluster, prefect_server, model_path,
                                                                              gold_store, tmp_path):
     db = _copy(gold_store[0], tmp_path / "kill.duckdb")
-    factory = functools.partial(HFEngine, model_path, None, device="cpu", max_batch_size=8)
+    factory = functools.partial(HFEngine, str(model_path), None, device="cpu", max_batch_size=8)
     episodes = [RolloutEpisode(FIND, sample=s) for s in range(4)]
     done: dict = {}
 

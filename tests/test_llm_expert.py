@@ -156,18 +156,6 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def model_path() -> Path:
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    from eef_tasks.models import ModelError, default_model_path
-
-    try:
-        return default_model_path()
-    except ModelError as exc:  # pragma: no cover - depends on the installation
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="module")
 def model_server(model_path, tmp_path_factory) -> Iterator[str]:
     """`transformers serve` on a free localhost port, serving the default checkpoint."""
     exe = Path(sys.executable).parent / "transformers"

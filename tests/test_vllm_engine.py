@@ -111,16 +111,6 @@ class RealVLLM(StandIn):
         raise AssertionError("the real vLLM server does not report its requests")
 
 
-@pytest.fixture(scope="module")
-def model_path() -> Path:
-    from eef_tasks.models import ModelError, default_model_path
-
-    try:
-        return default_model_path()
-    except ModelError as exc:  # pragma: no cover - depends on the installation
-        pytest.skip(str(exc))
-
-
 @pytest.fixture(scope="module", params=["stand-in", pytest.param("vllm", marks=pytest.mark.real_vllm)])
 def server(request, model_path, tmp_path_factory):
     if request.param == "vllm":

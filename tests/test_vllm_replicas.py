@@ -300,16 +300,6 @@ def test_url_lists() -> None:
 
 
 @pytest.fixture(scope="module")
-def model_path() -> Path:
-    from eef_tasks.models import ModelError, default_model_path
-
-    try:
-        return default_model_path()
-    except ModelError as exc:  # pragma: no cover - depends on the installation
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="module")
 def replicas(model_path, tmp_path_factory) -> list[StandIn]:
     """Two stand-in servers, started together."""
     logs = tmp_path_factory.mktemp("replicas")
