@@ -199,6 +199,10 @@ LLM_KEY_HINT = (
     "Secret block (api_key_secret); a key the server reads from the query can usually go in a "
     "header instead (api_key_header, e.g. 'api-key')"
 )
+ENV_URL_HINT = (
+    "a URL with user:password may come from $EEF_AGENTGYM_<ENV>_URL or $EEF_AGENTGYM_URL, the environment, "
+    "never from a parameter"
+)
 VLLM_KEY_HINT = (
     "put the key in $VLLM_API_KEY; a URL with user:password (a proxy) may come from $EEF_VLLM_URL, "
     "the environment, never from a parameter"

@@ -176,9 +176,17 @@ def test_flow_parameters_refuse_credentials_in_urls(url):
         with pytest.raises(ValidationError, match="VLLM_API_KEY") as err:
             make()
         assert "hunter2" not in str(err.value) and "qs-secret" not in str(err.value)
+    # an AgentGym server list too: env_url is stored in runs.config like vllm_url
+    for make in (lambda: RunParams(run={"run_id": "r", "env": "agentgym:webshop", "env_url": url}),
+                 lambda: RunParams(run={"run_id": "r", "env": "agentgym:webshop",
+                                        "env_url": f"http://127.0.0.1:36001,{url}"})):
+        with pytest.raises(ValidationError, match="EEF_AGENTGYM_") as err:
+            make()
+        assert "hunter2" not in str(err.value) and "qs-secret" not in str(err.value)
     # the same URLs without credentials are fine
     CollectParams(expert="llm", llm={"base_url": redact_url(url), "model": "m", "name": "x"})
     RunParams(run={"run_id": "r", "engine": "vllm", "vllm_url": redact_url(url)})
+    RunParams(run={"run_id": "r", "env": "agentgym:webshop", "env_url": redact_url(url)})
 
 
 def _eef(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -82,15 +82,47 @@ def _supervise_phase(cmd, phase, run_id, iteration, on_log, on_progress, env) ->
     return result
 
 
-def idle_cores() -> int:
-    """Cores not taken by other runnable work: the core count less the last minute's load average
-    (whole processes), at least 1."""
-    n = os.cpu_count() or 1
+def _busy_seconds(stat_line: str) -> tuple[float, float]:
+    """(busy, total) CPU seconds of all cores from /proc/stat's first line ("cpu  user nice system idle
+    iowait irq softirq steal ..."), in clock ticks converted to seconds."""
+    fields = [int(v) for v in stat_line.split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
+    busy = user + nice + system + irq + softirq + steal
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return busy / tick, (busy + idle + iowait) / tick
+
+
+def _others_busy_cores(window_s: float) -> float | None:
+    """Cores the rest of the machine kept busy over the last `window_s` seconds (this process's own
+    CPU time left out: a phase process is busy importing torch when it asks); None without /proc/stat."""
     try:
-        busy = int(os.getloadavg()[0])
-    except OSError:  # pragma: no cover - no load average on this platform
-        busy = 0
-    return max(1, n - busy)
+        with open("/proc/stat") as f:
+            before = _busy_seconds(f.readline())
+        own_before, wall_before = sum(os.times()[:2]), time.monotonic()
+        time.sleep(window_s)
+        with open("/proc/stat") as f:
+            after = _busy_seconds(f.readline())
+        own_after, wall_after = sum(os.times()[:2]), time.monotonic()
+    except (OSError, ValueError, IndexError):
+        return None
+    wall = max(wall_after - wall_before, 1e-3)
+    return max(0.0, (after[0] - before[0]) - (own_after - own_before)) / wall
+
+
+def idle_cores(window_s: float = 0.5) -> int:
+    """Cores not taken by other work, at least 1: the core count less the cores other processes kept
+    busy over the last `window_s` seconds (/proc/stat), rounded to the nearest core. Where /proc/stat is
+    missing, the last minute's load average stands in; it lags by a minute, so a phase that follows a
+    rollout phase would see the rollout's game processes as still running (it did: training got one
+    thread on an idle 2-core machine)."""
+    n = os.cpu_count() or 1
+    busy = _others_busy_cores(window_s)
+    if busy is None:
+        try:
+            busy = os.getloadavg()[0]
+        except OSError:  # pragma: no cover - no load average on this platform
+            busy = 0.0
+    return max(1, n - int(busy + 0.5))
 
 
 def torch_threads(phase: str) -> int:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from eef_tasks.credentials import VLLM_KEY_HINT, refuse_url_credentials
+from eef_tasks.credentials import ENV_URL_HINT, VLLM_KEY_HINT, refuse_url_credentials
 from eef_tasks.dpo import DPOTrainConfig
 from eef_tasks.envs import registry
 from eef_tasks.envs.base import EnvError
@@ -115,11 +115,12 @@ class RunConfig(BaseModel):
             raise ValueError("eef needs n_sims >= 1 (n_sims = 0 is the rft baseline: method='rft')")
         return self
 
-    @field_validator("vllm_url")
+    @field_validator("vllm_url", "env_url")
     @classmethod
-    def _no_credentials_in_url(cls, url: str | None) -> str | None:
+    def _no_credentials_in_url(cls, url: str | None, info: ValidationInfo) -> str | None:
         # run settings are flow parameters and runs.config: both stored in clear
-        return url if url is None else refuse_url_credentials(url, "vllm_url", VLLM_KEY_HINT)
+        how = VLLM_KEY_HINT if info.field_name == "vllm_url" else ENV_URL_HINT
+        return url if url is None else refuse_url_credentials(url, info.field_name, how)
 
     def train_method(self, iteration: int) -> str:
         """The training_examples method of an iteration: bc at iteration 0 (the offline methods: their
