@@ -579,8 +579,9 @@ def run_cmd(
     preset: Annotated[str, typer.Option("--preset", help="a recipe of eef_tasks/pipeline/presets/: " + presets.describe())] = "demo",
     db: DbOption = store.DEFAULT_DB,
     name: Annotated[str, typer.Option("--name", help="runs are NAME-eef and NAME-rft")] = "demo",
-    expert: Annotated[str, typer.Option("--expert", help="collect synthetic|synthetic-cheap|gold expert data first, "
-                                                        "or none; several comma-separated, e.g. synthetic,synthetic-cheap")] = "synthetic",
+    expert: Annotated[str | None, typer.Option("--expert", help="collect synthetic|synthetic-cheap|gold expert data first, "
+                                                               "or none; several comma-separated, e.g. synthetic,synthetic-cheap "
+                                                               "(default: the preset's; demo: synthetic,gold)")] = None,
     rft_samples: Annotated[int, typer.Option("--rft-samples", help="k of the RFT baseline (RFT x k)")] = 1,
     extra: Annotated[str | None, typer.Option(
         "--extra", help="more runs, comma-separated: sft-all, nat (offline baselines), eef-binary (EEF with "
@@ -598,7 +599,7 @@ def run_cmd(
     from eef_tasks.pipeline import preset_config  # RunConfig (pydantic, training settings), only for `eef run`
     from eef_tasks import report  # polars loads only for the commands that use it
 
-    experts = [e.strip() for e in expert.split(",") if e.strip()]
+    experts = [e.strip() for e in (expert or ",".join(presets.expert_of(preset)["experts"])).split(",") if e.strip()]
     if not experts or any(e not in ("synthetic", "synthetic-cheap", "gold", "none") for e in experts) \
             or ("none" in experts and len(experts) > 1):
         raise store.StoreError("--expert must be synthetic, synthetic-cheap, gold (several: comma-separated) or none")

@@ -119,8 +119,9 @@ class ExperimentParams(BaseModel):
     db: str = Field(str(store.DEFAULT_DB), description="the DuckDB store")
     preset: str = Field("demo", description="run settings to start from: " + presets.describe())
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the runs are called NAME-eef and NAME-rft, e.g. demo-eef and demo-rft")
-    expert: Literal["synthetic", "synthetic-cheap", "gold", "none"] = Field(
-        "synthetic", description="collect this expert's trajectories on the training tasks first (none: use the store's)")
+    expert: Literal["synthetic", "synthetic-cheap", "gold", "none"] | None = Field(
+        None, description="collect this expert's trajectories on the training tasks first (none: use the store's; "
+                          "empty: the preset's experts, e.g. demo: synthetic and gold)")
     more_experts: list[Literal["synthetic", "synthetic-cheap", "gold"]] = Field(
         default_factory=list, description="collect these experts' trajectories too, e.g. synthetic-cheap beside synthetic "
                                           "(a weaker, cheaper expert: the paper's GPT-3.5 beside GPT-4)")
@@ -343,7 +344,8 @@ def experiment_flow(params: ExperimentParams = ExperimentParams()) -> dict:
     asked for, compare them."""
     eef_config = pipeline.preset_config(params.preset, f"{params.name}-eef", "eef", **params.overrides)
     recipe = presets.expert_of(params.preset)
-    for expert in [e for e in (params.expert, *params.more_experts) if e != "none"]:
+    experts = recipe["experts"] if params.expert is None else [params.expert, *params.more_experts]
+    for expert in [e for e in experts if e != "none"]:
         synthetic = expert in SYNTHETIC_EXPERTS
         # offline experts play the task env's own backend (a run on agentgym:sciworld learns from
         # expert data collected in eef's ScienceWorld: the same task ids)

@@ -237,6 +237,10 @@ def test_presets_name_valid_expert_recipes() -> None:
     for name in presets.names():
         recipe = presets.expert_of(name)
         assert recipe["seeds"] and set(recipe["failure_modes"]) <= set(FAILURE_MODES)
+        assert recipe["experts"] and set(recipe["experts"]) <= {"synthetic", "synthetic-cheap", "gold"}
+    # the demo learns from the gold expert's successes beside the synthetic expert's (docs/policy-probe.md)
+    assert presets.expert_of("demo")["experts"] == ["synthetic", "gold"]
+    assert presets.expert_of("cpu")["experts"] == ["synthetic"]
     with pytest.raises(PipelineError, match="unknown preset"):
         presets.expert_of("huge")
 

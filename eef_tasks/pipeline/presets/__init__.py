@@ -1,8 +1,9 @@
 """Presets: named recipes for a run's settings, one small module each (`tiny.py`, `demo.py`,
 `paper.py`). A recipe's docstring is its one-line description (shown by `eef run --help`) and its
 `SETTINGS` are RunConfig fields, plain data (`settings.preset_config` validates them and adds a run
-id and method); an optional `EXPERT` says how `eef run` collects the synthetic expert's data
-(`seeds`, `failure_modes`; default seeds 0 and 1, every failure mode). A recipe may size itself per
+id and method); an optional `EXPERT` says how `eef run` collects expert data
+(`experts`, default synthetic only; the synthetic expert's `seeds`, `failure_modes`; default seeds 0
+and 1, every failure mode). A recipe may size itself per
 task env: `BY_ENV = {"webshop": {...}}` holds the fields that replace those of `SETTINGS` when the
 run's environment plays that task env (WebShop's tasks have no names to filter by, and its pages are
 longer than ScienceWorld's). Adding a preset is adding a
@@ -43,11 +44,12 @@ def settings_of(preset: str, task_env: str | None = None) -> dict[str, Any]:
     return {**module.SETTINGS, **getattr(module, "BY_ENV", {}).get(task_env, {})}
 
 
-DEFAULT_EXPERT = {"seeds": [0, 1], "failure_modes": []}
+DEFAULT_EXPERT = {"experts": ["synthetic"], "seeds": [0, 1], "failure_modes": []}
 
 
 def expert_of(preset: str) -> dict[str, Any]:
-    """The synthetic-expert recipe of a preset: seeds and failure modes (empty: all)."""
+    """The expert recipe of a preset: the offline experts `eef run` collects when `--expert` is not
+    given, and the synthetic expert's seeds and failure modes (empty: all)."""
     if preset not in presets():
         raise PipelineError(f"unknown preset {preset!r}: one of {', '.join(presets())}")
     return {**DEFAULT_EXPERT, **getattr(presets()[preset], "EXPERT", {})}
