@@ -63,8 +63,13 @@ def test_evaluate_phase_evaluates_both_splits(db, monkeypatch):
     pipeline.mark_phase(db, "r1", 1, "train", 0.0, {"adapter": "unused/r1/eef-it1"})
     calls = []
 
+    built = []
+    monkeypatch.setattr(phases, "engine", lambda config, adapter, server=None: built.append(adapter) or object())
+    engines = []
+
     def fake_evaluate(db, adapter, *, run_id, iteration, split, task_ids, **kw):
         calls.append((run_id, iteration, split, list(task_ids)))
+        engines.append(kw["engine_factory"]())  # each split asks for the model
         won = 1 if split == "dev" else 3
         summary = rollout.RolloutSummary(run_id, iteration, "eval", requested=len(task_ids),
                                          written=len(task_ids), successes=won)
@@ -77,6 +82,8 @@ def test_evaluate_phase_evaluates_both_splits(db, monkeypatch):
     assert (summary["split"], summary["win_rate"], summary["n_eval"]) == ("dev", 0.25, 4)  # chooses
     assert (summary["report_split"], summary["report_win_rate"], summary["report_n_eval"]) == ("test", 0.75, 4)
     assert (summary["requested"], summary["written"], summary["successes"]) == (8, 8, 4)
+    # one model for both splits: loaded once, not once per split
+    assert len(built) == 1 and engines[0] is engines[1]
 
     calls.clear()
     dev_only = pipeline.register_run(db, config(run_id="r2", report_split=None))

@@ -228,34 +228,44 @@ def _simulate_binary(db, config: RunConfig, iteration: int, adapter: Path, train
 
 def evaluate(db, config: RunConfig, iteration: int, progress: Progress | None) -> dict:
     """The adapter on eval_split's tasks (they choose the iteration), then, with a report_split, on
-    that split's tasks too (they report it): every iteration is evaluated on both."""
+    that split's tasks too (they report it): every iteration is evaluated on both, by one server and
+    one engine (the model loads once, and only if some episode is not stored yet)."""
     adapter = policy_adapter(db, config, iteration)
     if iteration == 0 and config.bc_adapter:  # evaluated by the run that trained it
         return {"adapter": str(adapter), "reused": True}
-    summary = _evaluate_split(db, config, iteration, adapter, config.eval_split, config.eval_tasks, progress)
-    if config.report_split is not None:
-        report = _evaluate_split(db, config, iteration, adapter, config.report_split, config.report_tasks, progress)
-        summary.update({f"report_{key}": report[key] for key in ("n_eval", "win_rate", "mean_reward", "split")})
-        for key in ("requested", "already_stored", "written", "successes", "errors", "completion_tokens",
-                    "prefill_tokens"):
-            summary[key] += report[key]
-        summary["failed"] = (summary["failed"] + report["failed"])[:20]
+    with vllm_server(config) as server:
+        loaded: list = []
+
+        def shared_engine():
+            if not loaded:
+                loaded.append(engine(config, adapter, server))
+            return loaded[0]
+
+        summary = _evaluate_split(db, config, iteration, adapter, config.eval_split, config.eval_tasks, progress,
+                                  shared_engine)
+        if config.report_split is not None:
+            report = _evaluate_split(db, config, iteration, adapter, config.report_split, config.report_tasks,
+                                     progress, shared_engine)
+            summary.update({f"report_{key}": report[key] for key in ("n_eval", "win_rate", "mean_reward", "split")})
+            for key in ("requested", "already_stored", "written", "successes", "errors", "completion_tokens",
+                        "prefill_tokens"):
+                summary[key] += report[key]
+            summary["failed"] = (summary["failed"] + report["failed"])[:20]
+        summary.update(server.summary)
     return summary
 
 
 def _evaluate_split(db, config: RunConfig, iteration: int, adapter: Path, split: str, task_ids: list[str],
-                    progress: Progress | None) -> dict:
-    with vllm_server(config) as server:
-        result = evaluation.evaluate_adapter(
-            db, adapter, run_id=config.run_id, iteration=iteration, split=split, task_ids=task_ids,
-            engine_factory=lambda: engine(config, adapter, server), sampling=_sampling(config, config.eval_temperature),
-            n_workers=config.workers, max_steps=config.max_steps, env=config.env,
-            env_kwargs=registry.env_kwargs(config.env, config.env_url),
-            on_progress=_on_progress(progress, len(task_ids)), prompt_tag=config.prompt_tag,
-            rollouts=rollout_runner(config),
-        )
-    summary = {**_rollout_summary(config, iteration, "eval", result.rollouts, len(task_ids), adapter),
-               **server.summary}
+                    progress: Progress | None, engine_factory) -> dict:
+    result = evaluation.evaluate_adapter(
+        db, adapter, run_id=config.run_id, iteration=iteration, split=split, task_ids=task_ids,
+        engine_factory=engine_factory, sampling=_sampling(config, config.eval_temperature),
+        n_workers=config.workers, max_steps=config.max_steps, env=config.env,
+        env_kwargs=registry.env_kwargs(config.env, config.env_url),
+        on_progress=_on_progress(progress, len(task_ids)), prompt_tag=config.prompt_tag,
+        rollouts=rollout_runner(config),
+    )
+    summary = _rollout_summary(config, iteration, "eval", result.rollouts, len(task_ids), adapter)
     return {**summary, "n_eval": result.n_tasks, "win_rate": result.win_rate, "mean_reward": result.mean_reward,
             "split": split}
 
