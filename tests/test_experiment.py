@@ -176,6 +176,18 @@ def test_eval_outcomes_borrow_the_bc_evaluation_of_the_run_that_trained_it(group
                     ("g-rft-s1", 0, "dev", 2, 0.5, "g-eef-s1"), ("g-rft-s1", 0, "test", 4, 0.25, "g-eef-s1")]
 
 
+def test_run_comparison_shows_the_borrowed_bc_evaluation_at_iteration_0(group_db):
+    """eef compare's per-iteration table (view run_comparison) reads the same per-task rows: an RFT run
+    that reused its seed's BC adapter shows that adapter's evaluation at iteration 0, so it can be
+    chosen there as group_report chooses it."""
+    with store.reader(group_db) as con:
+        rows = con.execute("""SELECT run_id, iteration, eval_split, n_dev_tasks, dev_win_rate, n_test_tasks,
+                                     test_win_rate, n_eval_trajectories
+                              FROM run_comparison WHERE run_id LIKE 'g-%-s0' ORDER BY ALL""").fetchall()
+    assert rows == [("g-eef-s0", 0, "dev", 2, 0.5, 4, 0.25, 2), ("g-eef-s0", 1, "dev", 2, 1.0, 4, 0.75, 2),
+                    ("g-rft-s0", 0, "dev", 2, 0.5, 4, 0.25, 2), ("g-rft-s0", 1, "dev", 2, 0.0, 4, 1.0, 2)]
+
+
 def test_group_runs_parse_names(group_db):
     runs = experiment.group_runs(group_db, "g")
     assert runs.select("run_id", "label", "seed").rows() == [

@@ -1,9 +1,10 @@
 -- run_comparison: how runs (methods x iterations) compare: what each iteration trained on, what it
 -- spent, and how its adapter did on held-out tasks. Read by `eef compare` and eef_tasks/report.py.
 -- Grain: one row per (run_id, iteration) that has policy trajectories or training_examples;
---        iteration 0 (behaviour cloning) has a row when the run has bc examples or iteration-0
---        eval trajectories.
--- Inputs: runs, tasks, trajectories, training_examples, need_recover_states, win_rates, run_phases (dpo).
+--        iteration 0 (behaviour cloning) has a row when the run has bc examples or an iteration-0
+--        evaluation (its own, or the one it borrows: eval_outcomes).
+-- Inputs: runs, tasks, trajectories, training_examples, need_recover_states, win_rates (explore),
+--         eval_outcomes, run_phases (dpo).
 -- Columns:
 --   method            the run's method, runs.method (written when the run is registered or first
 --                     selects an eef/rft set; NULL for a run that is not in runs)
@@ -24,9 +25,11 @@
 --   explore_win_rate  win rate (view win_rates: per task) of this iteration's explore rollouts on
 --                     train tasks
 --   dev_* / test_*    evaluation (purpose = 'eval') of this iteration's adapter on dev / test tasks:
---                     n_*_tasks tasks, win_rate and mean_reward, from the view win_rates (per task:
---                     a task's samples are averaged first, then tasks). An iteration is evaluated
---                     by one model; were there several, each task weighs the same across them.
+--                     n_*_tasks tasks, win_rate and mean_reward, from the view eval_outcomes (per
+--                     task: a task's samples are averaged first, then tasks; as win_rates, whose
+--                     numbers they are). An iteration 0 that reused another run's behaviour-cloning
+--                     adapter (bc_adapter) shows that adapter's evaluation by the run that trained
+--                     it (eval_outcomes.evaluated_by), so an RFT run can be chosen at iteration 0.
 --   eval_split, n_eval_tasks, n_eval_trajectories, win_rate, mean_reward
 --                     the headline evaluation: dev when the iteration was evaluated on dev (the
 --                     split the reported model is chosen on, METHOD.md step 2.8), else test; NULL
@@ -40,6 +43,9 @@ WITH run_iterations AS (
     UNION
     SELECT DISTINCT run_id, iteration
     FROM training_examples
+    UNION
+    SELECT DISTINCT run_id, iteration  -- a reused BC adapter's borrowed evaluation
+    FROM eval_outcomes
 ),
 
 run_methods AS (
@@ -127,18 +133,18 @@ explore_wins AS (
 ),
 
 eval_by_split AS (
+    -- per task first (eval_outcomes), so an iteration 0 that reused another run's BC adapter shows
+    -- that adapter's one evaluation
     SELECT
         run_id,
         iteration,
         split,
-        sum(n_tasks)::BIGINT AS n_tasks,
+        count(*)::BIGINT AS n_tasks,
         sum(n_trajectories)::BIGINT AS n_trajectories,
-        sum(win_rate * n_tasks) / sum(n_tasks) AS win_rate,
-        sum(mean_reward * n_tasks) / sum(n_tasks) AS mean_reward
-    FROM win_rates
-    WHERE purpose = 'eval'
-      AND run_id IS NOT NULL
-      AND split IN ('dev', 'test')
+        avg(win_rate) AS win_rate,
+        avg(mean_reward) AS mean_reward
+    FROM eval_outcomes
+    WHERE split IN ('dev', 'test')
     GROUP BY run_id, iteration, split
 ),
 
