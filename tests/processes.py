@@ -1,6 +1,7 @@
 """Process trees for the stopping tests: start a command the way a terminal does (its own session
 and process group), signal it the way a terminal (Ctrl-C: SIGINT to the group) or `docker stop`
-(SIGTERM to the main process) does, and check that no process of it survives."""
+(SIGTERM to the main process) does, and check that no process of it survives; and wait for a server
+process the tests started to answer over HTTP (`wait_http`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import psutil
 
 LINE = "interrupted during {}; rerun the same command to resume"
@@ -100,3 +102,23 @@ def stop_and_check(proc: subprocess.Popen, sig: int, stderr: Path, exit_within_s
         handle.seek(offset)
         after = handle.read().decode(errors="replace")
     return status, took, after, alive
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float, what: str, *,
+              on_failure: Callable[[str], object], interval_s: float = 0.3) -> None:
+    """Until GET `url` answers 200: `on_failure(message)` (pytest.fail or pytest.skip) with the tail of
+    `log` when `proc` exits first or `timeout_s` passes. `what` names the server in the message."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            on_failure(f"{what} exited ({proc.returncode}):\n{log.read_text(errors='replace')[-3000:]}")
+            return
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            on_failure(f"{what} did not answer within {timeout_s:.0f} s:\n{log.read_text(errors='replace')[-3000:]}")
+            return
+        time.sleep(interval_s)

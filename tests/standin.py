@@ -10,13 +10,14 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from eef_tasks import interrupt
+
+import processes  # noqa: E402 - tests/processes.py
 
 HERE = Path(__file__).parent
 KEY = "sk-test-" + "7f3a9c1e5b2d4f60a8"  # the stand-in's --api-key (via $VLLM_API_KEY)
@@ -56,19 +57,9 @@ class StandIn:
             )
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                pytest.fail(f"the stand-in server exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.root}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the stand-in server did not start:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        assert self.proc is not None
+        processes.wait_http(f"{self.root}/health", self.proc, self.log, timeout_s, "the stand-in server",
+                            on_failure=pytest.fail, interval_s=0.2)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

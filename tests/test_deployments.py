@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
@@ -99,18 +98,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
     api_url = f"http://127.0.0.1:{port}/api"
     log = home / "server.log"
     with spawn([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, log, home) as proc:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.skip(f"`prefect server start` could not start (exit {proc.returncode}):\n{tail(log)}")
-            try:
-                if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.skip(f"`prefect server start` did not answer within 90 s:\n{tail(log)}")
-            time.sleep(0.3)
+        processes.wait_http(f"{api_url}/health", proc, log, 90, "`prefect server start`", on_failure=pytest.skip)
         yield Server(api_url, home)
 
 

@@ -33,6 +33,8 @@ from eef_tasks.chat import parse_action
 from eef_tasks.experts.llm import ChatClient, LLMExpertConfig, LLMExpertError, cost_usd, resolve_api_key
 from eef_tasks.openai_http import redact_url, retry_after
 
+import processes  # noqa: E402 - tests/processes.py
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 FAKE_KEY = "sk-eef-test-9f3b2c71d0a4e6-DO-NOT-LEAK"
@@ -173,18 +175,8 @@ def model_server(model_path, tmp_path_factory) -> Iterator[str]:
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"transformers serve exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"transformers serve did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        processes.wait_http(f"{base}/v1/models", proc, log, 180, "transformers serve", on_failure=pytest.fail,
+                            interval_s=0.5)
         yield f"{base}/v1"
     finally:
         proc.terminate()
