@@ -38,7 +38,7 @@ from eef_tasks.engines import SamplingConfig
 from eef_tasks.engines.hf import HFEngine
 from eef_tasks.models import default_model_path
 from eef_tasks.records import StepRecord, TaskRecord, TrajectoryRecord
-from eef_tasks.rollout import RolloutEpisode, RolloutSummary, _Writer, run_rollouts
+from eef_tasks.rollout import RolloutEpisode, RolloutSummary, TrajectoryWriter, run_rollouts
 
 TASK = "scienceworld/find-living-thing/0"
 RAY = Path(sys.executable).with_name("ray")
@@ -78,7 +78,7 @@ def writer(args, work: Path) -> tuple[float, int, int]:
     with store.writer(db) as con:
         con.execute("INSERT INTO runs (run_id, n_sims) VALUES ('bench', 0)")
     summary = RolloutSummary(run_id="bench", iteration=1, purpose="explore")
-    out = _Writer(db, [task], 50, summary)
+    out = TrajectoryWriter(db, [task], 50, summary)
     t0 = time.monotonic()
     for shard in shards:
         for record in shard:

@@ -38,7 +38,7 @@ from eef_tasks.engines import Engine, SamplingConfig
 from eef_tasks.errors import UserError
 from eef_tasks.records import TrajectoryRecord
 from eef_tasks.rollout import (
-    PURPOSES, RolloutEpisode, RolloutPlan, RolloutSummary, _Writer, execute_plan, plan_rollouts,
+    PURPOSES, RolloutEpisode, RolloutPlan, RolloutSummary, TrajectoryWriter, execute_plan, plan_rollouts,
 )
 
 # counters a shard reports back and the driver adds up
@@ -152,7 +152,7 @@ def run_rollouts_on_ray(
         on_progress(summary)
     batched = 0
     if plan.todo:
-        out = _Writer(db, plan.task_rows(), batch_size, summary)
+        out = TrajectoryWriter(db, plan.task_rows(), batch_size, summary)
         try:
             batched = _fan_out(plan.split(shards), options, out, summary, address=address, gpus_per_shard=gpus_per_shard,
                      shard_retries=shard_retries, on_progress=on_progress)
@@ -200,7 +200,7 @@ def _rotated(options: ShardOptions, shard: int) -> ShardOptions:
     return dataclasses.replace(options, env_kwargs={**options.env_kwargs, "base_url": list(urls[k:]) + list(urls[:k])})
 
 
-def _fan_out(parts: list[RolloutPlan], options: ShardOptions, out: _Writer, summary: RolloutSummary, *,
+def _fan_out(parts: list[RolloutPlan], options: ShardOptions, out: TrajectoryWriter, summary: RolloutSummary, *,
              address: str | None, gpus_per_shard: float, shard_retries: int,
              on_progress: Callable[[RolloutSummary], None] | None) -> int:
     """Run the shards; write each one's trajectories as it finishes. Returns the model calls answered."""

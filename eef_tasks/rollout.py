@@ -21,7 +21,7 @@ skipped). Where simulations start is the `expert_checkpoints` view's rule (unifo
 3. **batch the model calls** (`_drive`, `_answer`): the calling thread gathers the waiting calls
    (until every running episode waits, or a short wait passed) and answers them with one
    `engine.generate`;
-4. **write** (`_record`, `_Writer`): each finished episode becomes a trajectory record; records
+4. **write** (`_record`, `TrajectoryWriter`): each finished episode becomes a trajectory record; records
    are written in batches, one transaction each.
 """
 
@@ -203,7 +203,7 @@ def run_rollouts(
         return summary
     engine = engine or (engine_factory() if engine_factory else HFEngine(model_path, adapter_dir))
     # 2.-4. run them; write what finishes
-    out = _Writer(db, plan.task_rows(), batch_size, summary)
+    out = TrajectoryWriter(db, plan.task_rows(), batch_size, summary)
     try:
         execute_plan(plan, out, engine=engine, model_id=model_id, sampling=sampling, n_workers=n_workers,
                      pools=pools, env=env, env_kwargs=env_kwargs, max_steps=max_steps,
@@ -527,7 +527,7 @@ def _answer(
         fut.set_result(gen)
 
 
-class _Writer:
+class TrajectoryWriter:
     """Finished trajectories, written `batch_size` at a time (one transaction on a brief writer)."""
 
     def __init__(self, db: str | Path, task_rows: list[TaskRecord], batch_size: int, summary: RolloutSummary) -> None:
