@@ -25,7 +25,9 @@ SETTINGS = dict(
     iterations=2, n_sims=4,
     task_names=["find-non-living-thing"],
     train_limit=16, eval_limit=10, report_split="test",
-    train=dict(epochs=4, batch_size=2, micro_batch=2, max_length=1024, learning_rate=2e-3,
+    # max_length 1536: its first run stopped at cpu-rftk-s1's iteration-1 training, an 11-action explore
+    # success whose chat needs 1,029 tokens with no context left to drop (max_length 1024 then)
+    train=dict(epochs=4, batch_size=2, micro_batch=2, max_length=1536, learning_rate=2e-3,
                lora_dropout=0.0, gradient_checkpointing=False),
     # eto, eef+dpo: DPO's defaults (1 epoch, lr 5e-6) take one optimizer step of a LoRA on a few pairs here
     dpo=dict(epochs=3, batch_size=8, micro_batch=4, max_length=1024, learning_rate=1e-4),
