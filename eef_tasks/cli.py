@@ -599,15 +599,17 @@ def run_cmd(
     from eef_tasks.pipeline import preset_config  # RunConfig (pydantic, training settings), only for `eef run`
     from eef_tasks import report  # polars loads only for the commands that use it
 
-    experts = [e.strip() for e in (expert or ",".join(presets.expert_of(preset)["experts"])).split(",") if e.strip()]
-    if not experts or any(e not in ("synthetic", "synthetic-cheap", "gold", "none") for e in experts) \
-            or ("none" in experts and len(experts) > 1):
+    # no --expert: none named here, the experiment flow collects the preset's (its EXPERT recipe)
+    experts = [e.strip() for e in (expert or "").split(",") if e.strip()]
+    if expert is not None and (not experts or any(e not in ("synthetic", "synthetic-cheap", "gold", "none") for e in experts)
+                               or ("none" in experts and len(experts) > 1)):
         raise store.StoreError("--expert must be synthetic, synthetic-cheap, gold (several: comma-separated) or none")
     overrides = _overrides(settings)
     overrides.update({key: value for key, value in (("env", env), ("env_url", env_url)) if value is not None})
     preset_config(preset, f"{name}-eef", "eef", **overrides)  # bad settings: one line, before Prefect starts
     params = _validated(ExperimentParams, dict(
-        db=str(db), preset=preset, name=name, expert=experts[0], more_experts=experts[1:], rft_samples=rft_samples,
+        db=str(db), preset=preset, name=name, expert=experts[0] if experts else None, more_experts=experts[1:],
+        rft_samples=rft_samples,
         extra_runs=[x for x in (extra or "").split(",") if x], overrides=overrides, out_dir=str(out_dir)),
         "run settings")
     with temporary_server():  # none configured: one that stops last and dies with this process

@@ -18,6 +18,7 @@ phases in the order `runs.phases_of` gives.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -234,13 +235,7 @@ def evaluate(db, config: RunConfig, iteration: int, progress: Progress | None) -
     if iteration == 0 and config.bc_adapter:  # evaluated by the run that trained it
         return {"adapter": str(adapter), "reused": True}
     with vllm_server(config) as server:
-        loaded: list = []
-
-        def shared_engine():
-            if not loaded:
-                loaded.append(engine(config, adapter, server))
-            return loaded[0]
-
+        shared_engine = functools.cache(lambda: engine(config, adapter, server))
         summary = _evaluate_split(db, config, iteration, adapter, config.eval_split, config.eval_tasks, progress,
                                   shared_engine)
         if config.report_split is not None:

@@ -1,4 +1,4 @@
-"""issue 11's CPU experiment (a definition, not yet run or timed): EEF vs RFT vs RFT×k on find-non-living-thing, 2 iterations, 3 seeds.
+"""issue 11's CPU experiment (run once, incomplete: README, results/cpu-partial): EEF vs RFT vs RFT×k on find-non-living-thing, 2 iterations, 3 seeds.
 
     eef experiment --preset cpu --db data/cpu.duckdb --name cpu --seeds 0,1,2
 

@@ -1,4 +1,4 @@
-"""the README's main command: EEF vs RFT on find-non-living-thing (8 train, 6 dev tasks), 1 iteration, ~12 minutes on a 2-core CPU.
+"""the README's main command: EEF vs RFT on find-non-living-thing (8 train, 6 dev tasks), 1 iteration, 10-24 minutes on a 2-core CPU.
 
     eef run --preset demo --db data/demo.duckdb
 
@@ -11,6 +11,8 @@ need-recover states (success from c_(m-1), failure from c_m) and their examples 
 success) appear within one iteration. M = 8 puts a checkpoint on every step up to s8 of those 8-10-action
 failures (l = 1); with M = 4 (l = 2 for 10 actions) half of those states are skipped, and one clean-clone
 `make demo` with M = 4 and the synthetic expert's data alone (BC 0 / 6 dev) found no need-recover state.
+In its one run with this preset (README, Quick start) the BC adapter also won 0 / 6 dev tasks, not the
+probe's 4 / 6: 11 need-recover states and 7 examples, every win rate 0 %.
 """
 
 SETTINGS = dict(
