@@ -458,6 +458,7 @@ def train(
         f"adapter {info.path}: {info.n_examples} examples, {info.n_supervised_tokens} supervised of "
         f"{info.n_tokens} tokens, {info.n_optimizer_steps} optimizer steps, final loss "
         f"{info.final_loss if info.final_loss is None else round(info.final_loss, 4)}, {info.wall_s:.0f} s"
+        + (f"; {info.n_skipped} examples skipped (listed in eef-train.json)" if info.n_skipped else "")
     )
 
 

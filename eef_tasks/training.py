@@ -46,7 +46,7 @@ from eef_tasks.errors import UserError
 from eef_tasks.precision import Precision, checkpointing_default, choose_precision, load_causal_lm
 from eef_tasks.selection import check_request
 from eef_tasks.store import reader
-from eef_tasks.tokenization import IGNORE_INDEX, EncodedChat, encode_chat
+from eef_tasks.tokenization import IGNORE_INDEX, ChatTooLong, EncodedChat, encode_chat
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,9 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool | None = Field(
         default=None, description="None: on with CUDA and for CPU micro-batches above 1,024 tokens")
     device: str | None = Field(default=None, description="None: cuda when available, else cpu")
+    too_long: Literal["skip", "error"] = Field(
+        default="skip", description="an example whose supervised turns cannot fit max_length: skip it "
+        "(counted in n_skipped and listed in the adapter's record) or stop training with its name")
 
     @property
     def accumulation_steps(self) -> int:
@@ -122,6 +125,7 @@ class AdapterInfo:
     n_optimizer_steps: int
     final_loss: float | None
     wall_s: float
+    n_skipped: int = 0  # examples left out: too long for max_length, or nothing supervised
 
 
 def load_training_chats(
@@ -345,6 +349,11 @@ def train_adapter(
     for key, turns in chats:
         try:
             e = encode_chat(tokenizer, turns, config.max_length)
+        except ChatTooLong as exc:
+            if config.too_long == "error":
+                raise TrainingError(f"example {key.traj_id} (from step {key.loss_from_step}): {exc}") from exc
+            skipped.append({**asdict(key), "why": f"longer than max_length={config.max_length}"})
+            continue
         except UserError as exc:
             raise TrainingError(f"example {key.traj_id} (from step {key.loss_from_step}): {exc}") from exc
         if _n_loss_tokens(e) == 0:
@@ -353,7 +362,13 @@ def train_adapter(
         encoded.append(e)
         keys.append(key)
     if not encoded:
-        raise TrainingError(f"none of the {len(chats)} examples has a supervised action to train on")
+        raise TrainingError(f"none of the {len(chats)} examples has a supervised action to train on"
+                            f" within max_length={config.max_length}")
+    n_long = sum(x["why"].startswith("longer") for x in skipped)
+    if n_long:
+        logger.warning("%s %s it%d: %d of %d examples skipped, longer than max_length=%d (listed in the "
+                       "adapter's eef-train.json; too_long='error' stops instead)", run_id, method, iteration,
+                       n_long, len(chats), config.max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         pad_id = 0  # padding is masked out of attention and loss, any id does
@@ -430,6 +445,7 @@ def train_adapter(
         n_optimizer_steps=step,
         final_loss=losses[-1] if losses else None,
         wall_s=round(time.monotonic() - started, 3),
+        n_skipped=len(skipped),
     )
     record = {
         **asdict(info),

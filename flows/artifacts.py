@@ -98,8 +98,9 @@ def iteration_rows(run_id: str, iteration: int, summaries: dict[str, dict], meth
         rows.append(_row("final training loss", None, "train",
                          f"no examples to train on: keeps {train.get('adapter')}"))
     else:
+        skipped = f", {train['n_skipped']} skipped (see eef-train.json)" if train.get("n_skipped") else ""
         rows.append(_row("final training loss", _round(train.get("final_loss"), 4), "train",
-                         f"{train.get('n_examples')} examples"))
+                         f"{train.get('n_examples')} examples{skipped}"))
 
     if evaluate is None or evaluate.get("reused"):
         note = "no evaluate phase" if evaluate is None else \

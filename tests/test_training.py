@@ -250,3 +250,25 @@ def test_bf16_loss_of_a_batch_matches_float32(db, trained):
         losses[dtype] = mean_loss(model, encoded, tokenizer.pad_token_id, precision=choose_precision("cpu", dtype))
     assert losses["bfloat16"] != losses["float32"]  # really computed in another format
     assert abs(losses["bfloat16"] - losses["float32"]) <= BF16_LOSS_RTOL * losses["float32"], losses
+
+
+def test_an_example_too_long_for_max_length_is_skipped_with_a_count_or_stops_training(tmp_path):
+    path = tmp_path / "eef.duckdb"
+    long_task = "Your task is to boil water. " + "The kitchen has a very long description. " * 60
+    with store.writer(path) as con:
+        write_trajectories(con, [
+            _traj("boil-1", "Your task is to boil water.", ["teleport to kitchen", "activate stove"], 1.0),
+            _traj("long-1", long_task, ["teleport to kitchen", "activate stove"], 1.0),
+        ])
+        select_examples(con, RUN, 0, "bc")
+    quick = CONFIG.model_copy(update={"max_steps": 1, "epochs": 1})
+    info = train_adapter(path, RUN, 0, "bc", tmp_path / "skip", quick, progress=False)
+    assert (info.n_examples, info.n_skipped) == (1, 1)
+    record = read_train_record(tmp_path / "skip")
+    assert [(e["task_id"], e["why"]) for e in record["skipped"]] == [("long-1", "longer than max_length=256")]
+    assert [e["task_id"] for e in record["examples"]] == ["boil-1"]
+
+    strict = quick.model_copy(update={"too_long": "error"})
+    with pytest.raises(TrainingError, match=r"example expert-.*max_length=256"):
+        train_adapter(path, RUN, 0, "bc", tmp_path / "strict", strict, progress=False)
+    assert not (tmp_path / "strict").exists()

@@ -303,13 +303,15 @@ def train(db, config: RunConfig, iteration: int, progress: Progress | None) -> d
             raise PipelineError(f"run {config.run_id!r}: the behaviour-cloning set is empty (no expert successes)")
         return {"adapter": str(previous), "carried_over": True, "n_examples": 0}
     record = read_train_record(out)
-    if record is not None and sorted([e["traj_id"], e["loss_from_step"]] for e in record["examples"]) == keys:
+    if record is not None and sorted([e["traj_id"], e["loss_from_step"]]
+                                     for e in record["examples"] + record.get("skipped", [])) == keys:
         return {"adapter": str(out), "n_examples": record["n_examples"], "final_loss": record["final_loss"],
-                "already_trained": True}
+                "n_skipped": record.get("n_skipped", 0), "already_trained": True}
     info = train_adapter(db, config.run_id, iteration, method, out, config.train, base_model=config.base_model,
                          overwrite=True, progress=progress is None)
     return {"adapter": info.path, "n_examples": info.n_examples, "n_supervised_tokens": info.n_supervised_tokens,
-            "n_optimizer_steps": info.n_optimizer_steps, "final_loss": info.final_loss, "train_s": info.wall_s}
+            "n_optimizer_steps": info.n_optimizer_steps, "final_loss": info.final_loss, "train_s": info.wall_s,
+            "n_skipped": info.n_skipped}
 
 
 def dpo(db, config: RunConfig, iteration: int, progress: Progress | None) -> dict:
