@@ -238,9 +238,13 @@ def test_presets_name_valid_expert_recipes() -> None:
         recipe = presets.expert_of(name)
         assert recipe["seeds"] and set(recipe["failure_modes"]) <= set(FAILURE_MODES)
         assert recipe["experts"] and set(recipe["experts"]) <= {"synthetic", "synthetic-cheap", "gold"}
-    # the demo learns from the gold expert's successes beside the synthetic expert's (docs/policy-probe.md)
-    assert presets.expert_of("demo")["experts"] == ["synthetic", "gold"]
+    # the demo is one iteration of the cpu experiment's setting: the same expert data
+    assert presets.expert_of("demo") == presets.expert_of("cpu")
     assert presets.expert_of("cpu")["experts"] == ["synthetic"]
+    demo, cpu = presets.settings_of("demo"), presets.settings_of("cpu")
+    assert demo["iterations"] == 1 and "report_split" not in demo
+    assert {k: v for k, v in demo.items() if k not in ("iterations", "eval_limit")} == \
+        {k: v for k, v in cpu.items() if k not in ("iterations", "eval_limit", "report_split")}
     with pytest.raises(PipelineError, match="unknown preset"):
         presets.expert_of("huge")
 
