@@ -11,6 +11,9 @@ that runs the runs is `flows/seeds.py` (`eef experiment`), and `eef compare --gr
   and budget (view run_budget); per method, means over seeds; per method other than eef, the
   paired bootstrap interval of EEF's test win rate minus that method's (`paired_bootstrap`).
 - `write_results`: results/<name>/ with results.csv, differences.csv, results.md, win_rates.png.
+- Incomplete runs: a run whose last evaluated iteration is below its configured `iterations` (it
+  stopped, or is still running) is chosen among the iterations it has, and is flagged: `complete`
+  per run, `n_incomplete` per method, `incomplete_runs` per difference, a warning in results.md.
 
 What the bootstrap resamples: each replicate draws the seeds with replacement (as many as there
 are) and, independently, the test tasks with replacement (as many as there are, the same draw for
@@ -113,7 +116,8 @@ def run_name(name: str, label: str, seed: int) -> str:
 
 
 def group_runs(db: str | Path, name: str) -> pl.DataFrame:
-    """The runs of group `name` (NAME-<label>-s<seed>): run_id, label, seed, method, samples."""
+    """The runs of group `name` (NAME-<label>-s<seed>): run_id, label, seed, method, samples,
+    iterations (as configured; null when the stored config does not say)."""
     pattern = re.compile(re.escape(name) + r"-(?P<label>[A-Za-z0-9][A-Za-z0-9.+_-]*?)-s(?P<seed>\d+)")
     with store.reader(db) as con:
         rows = con.execute("SELECT run_id, method, config FROM runs ORDER BY run_id").fetchall()
@@ -122,14 +126,16 @@ def group_runs(db: str | Path, name: str) -> pl.DataFrame:
         match = pattern.fullmatch(run_id)
         if match is None:
             continue
-        samples = (json.loads(config).get("config", {}).get("samples", 1) if config else 1)
+        settings = json.loads(config).get("config", {}) if config else {}
+        iterations = settings.get("iterations")
         found.append({"run_id": run_id, "label": match["label"], "seed": int(match["seed"]),
-                      "method": method, "samples": int(samples)})
+                      "method": method, "samples": int(settings.get("samples", 1)),
+                      "iterations": None if iterations is None else int(iterations)})
     if not found:
         raise StoreError(f"no runs named {name}-<method>-s<seed> in {db}; runs there: "
                          + (", ".join(r[0] for r in rows) or "none"))
     frame = pl.DataFrame(found, schema={"run_id": pl.String, "label": pl.String, "seed": pl.Int64,
-                                        "method": pl.String, "samples": pl.Int64})
+                                        "method": pl.String, "samples": pl.Int64, "iterations": pl.Int64})
     if REFERENCE not in frame["label"].to_list():
         raise StoreError(f"group {name!r} has no {name}-{REFERENCE}-s<seed> run to compare against")
     return frame.sort("label", "seed")
@@ -234,13 +240,18 @@ def group_report(db: str | Path, name: str, *, n_boot: int = BOOTSTRAP_REPLICATE
         if row[f"{REPORT_SPLIT}_win_rate"] is None:
             raise StoreError(f"run {run_id!r}: its {CHOOSE_SPLIT}-chosen iteration {iteration} has no "
                              f"{REPORT_SPLIT} evaluation (run it with report_split={REPORT_SPLIT})")
-        chosen.append({"run_id": run_id, **{k: row[k] for k in rates.columns if k != "run_id"}})
+        last = int(rows.filter(pl.col(f"{CHOOSE_SPLIT}_win_rate").is_not_null())["iteration"].max())
+        chosen.append({"run_id": run_id, **{k: row[k] for k in rates.columns if k != "run_id"},
+                       "last_evaluated_iteration": last})
     chosen_frame = pl.DataFrame(chosen).rename({"iteration": "chosen_iteration"})
     budgets = report.query_frame(db, _BUDGETS, {"run_ids": run_ids}).select("run_id", *BUDGET_COLUMNS)
     table = (runs.join(chosen_frame, on="run_id", how="left").join(budgets, on="run_id", how="left")
              .with_columns(pl.struct("label", "samples").map_elements(
-                 lambda r: method_name(r["label"], r["samples"]), return_dtype=pl.String).alias("method_name")))
-    table = table.select("method_name", "label", "seed", "run_id", "method", "samples", "chosen_iteration",
+                 lambda r: method_name(r["label"], r["samples"]), return_dtype=pl.String).alias("method_name"),
+                 (pl.col("iterations").is_null() | (pl.col("last_evaluated_iteration") >= pl.col("iterations")))
+                 .alias("complete")))
+    table = table.select("method_name", "label", "seed", "run_id", "method", "samples", "iterations",
+                         "last_evaluated_iteration", "complete", "chosen_iteration",
                          f"{CHOOSE_SPLIT}_win_rate", f"n_{CHOOSE_SPLIT}_tasks", f"{REPORT_SPLIT}_win_rate",
                          f"{REPORT_SPLIT}_mean_reward", f"n_{REPORT_SPLIT}_tasks", *BUDGET_COLUMNS)
     order = {label: i for i, label in enumerate([REFERENCE, "rft", "rftk"])}
@@ -248,7 +259,7 @@ def group_report(db: str | Path, name: str, *, n_boot: int = BOOTSTRAP_REPLICATE
                        "label", "seed")
     methods = (table.group_by("label", maintain_order=True).agg(
         pl.col("method_name").first(), pl.len().alias("n_seeds"),
-        pl.col("seed").sort().alias("seeds"),
+        pl.col("seed").sort().alias("seeds"), (~pl.col("complete")).sum().cast(pl.Int64).alias("n_incomplete"),
         pl.col(f"{CHOOSE_SPLIT}_win_rate").mean(), pl.col(f"{REPORT_SPLIT}_win_rate").mean(),
         pl.col(f"{REPORT_SPLIT}_win_rate").std().alias(f"{REPORT_SPLIT}_win_rate_sd"),
         pl.col(f"{REPORT_SPLIT}_mean_reward").mean(),
@@ -271,6 +282,7 @@ def _differences(outcomes: pl.DataFrame, table: pl.DataFrame, n_boot: int, rng_s
                 for r in table.filter(pl.col("label") == label).iter_rows(named=True)}
 
     reference = values(REFERENCE)
+    incomplete = {(r["label"], r["seed"]): r["run_id"] for r in table.iter_rows(named=True) if not r["complete"]}
     rows = []
     for label in table["label"].unique(maintain_order=True).to_list():
         if label == REFERENCE:
@@ -285,11 +297,13 @@ def _differences(outcomes: pl.DataFrame, table: pl.DataFrame, n_boot: int, rng_s
         d = np.array([[reference[s][t] - other[s][t] for t in tasks] for s in seeds])
         interval = paired_bootstrap(d, n_boot, rng_seed)
         name = table.filter(pl.col("label") == label)["method_name"][0]
+        partial = [incomplete[(lab, s)] for s in seeds for lab in (REFERENCE, label) if (lab, s) in incomplete]
         rows.append({"comparison": f"EEF − {name}", "label": label, "n_seeds": len(seeds), "n_tasks": len(tasks),
                      "difference": interval.estimate, "ci_low": interval.low, "ci_high": interval.high,
-                     "verdict": verdict(interval)})
+                     "verdict": verdict(interval), "incomplete_runs": ",".join(partial)})
     schema = {"comparison": pl.String, "label": pl.String, "n_seeds": pl.Int64, "n_tasks": pl.Int64,
-              "difference": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "verdict": pl.String}
+              "difference": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "verdict": pl.String,
+              "incomplete_runs": pl.String}
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -345,12 +359,19 @@ def results_markdown(result: GroupReport, command: str | None = None) -> str:
     lines = [f"# Experiment {result.name}", ""]
     if command:
         lines += ["Command:", "", f"    {command}", ""]
+    partial = result.runs.filter(~pl.col("complete"))
+    if not partial.is_empty():
+        lines += ["**Incomplete runs**: " + "; ".join(
+            f"{x['run_id']} evaluated up to iteration {x['last_evaluated_iteration']} of {x['iterations']}"
+            for x in partial.iter_rows(named=True)) + ". Each is chosen among the iterations it has, so a "
+            "comparison involving it (marked below) is not the experiment's design.", ""]
     lines += [f"Test win rate of each run's iteration chosen on {c} (its best {c} win rate, ties to the earlier), "
               f"mean over seeds; win rates in % (share of tasks with reward 1, a task's samples averaged first).", ""]
     lines += _table(
         ["method", "seeds", f"{c} win %", f"{r} win %", f"{r} win % sd", f"{r} mean reward",
          "rollout episodes / iteration", "rollout env steps", "rollout generated tokens", "train tokens", "wall s"],
-        [[m["method_name"], ",".join(map(str, m["seeds"])), _pct(m[f"{c}_win_rate"]), _pct(m[f"{r}_win_rate"]),
+        [[m["method_name"], ",".join(map(str, m["seeds"])) + (f" ({m['n_incomplete']} incomplete)" if m["n_incomplete"] else ""),
+          _pct(m[f"{c}_win_rate"]), _pct(m[f"{r}_win_rate"]),
           _pct(m[f"{r}_win_rate_sd"]), _num(m[f"{r}_mean_reward"], 3), _num(m["rollout_episodes_per_iteration"], 1),
           _num(m["rollout_env_steps"]), _num(m["rollout_generated_tokens"]), _num(m["train_supervised_tokens"]),
           _num(m["wall_s"])] for m in result.methods.iter_rows(named=True)])
@@ -360,7 +381,8 @@ def results_markdown(result: GroupReport, command: str | None = None) -> str:
     else:
         lines += _table(["comparison", "seeds", "tasks", "difference", "95 % interval", "verdict"],
                         [[d["comparison"], str(d["n_seeds"]), str(d["n_tasks"]), _pct(d["difference"]),
-                          f"[{_pct(d['ci_low'])}, {_pct(d['ci_high'])}]", d["verdict"]]
+                          f"[{_pct(d['ci_low'])}, {_pct(d['ci_high'])}]",
+                          d["verdict"] + (f"; incomplete: {d['incomplete_runs']}" if d["incomplete_runs"] else "")]
                          for d in result.differences.iter_rows(named=True)])
     lines += ["", f"Paired bootstrap, {result.n_boot:,} replicates, numpy default_rng({result.rng_seed}): each "
               "replicate resamples the seeds with replacement and, independently, the test tasks with "
@@ -368,10 +390,12 @@ def results_markdown(result: GroupReport, command: str | None = None) -> str:
               "difference of win rates over the drawn seeds and tasks; the interval is its 2.5 and 97.5 "
               f"percentiles. Iterations are chosen on {c} once, not per replicate.", "", "## Runs", ""]
     lines += _table(
-        ["run", "method", "seed", "chosen iteration", f"{c} win %", f"{r} win %", f"{r} mean reward",
+        ["run", "method", "seed", "iterations evaluated", "chosen iteration", f"{c} win %", f"{r} win %", f"{r} mean reward",
          f"{r} tasks", "rollout episodes / iteration", "rollout episodes", "rollout env steps",
          "rollout generated tokens", "eval episodes", "train tokens", "wall s"],
-        [[x["run_id"], x["method_name"], str(x["seed"]), str(x["chosen_iteration"]), _pct(x[f"{c}_win_rate"]),
+        [[x["run_id"], x["method_name"], str(x["seed"]),
+          f"{x['last_evaluated_iteration']} of {'?' if x['iterations'] is None else x['iterations']}"
+          + ("" if x["complete"] else " (incomplete)"), str(x["chosen_iteration"]), _pct(x[f"{c}_win_rate"]),
           _pct(x[f"{r}_win_rate"]), _num(x[f"{r}_mean_reward"], 3), _num(x[f"n_{r}_tasks"]),
           _num(x["rollout_episodes_per_iteration"], 1), _num(x["rollout_episodes"]), _num(x["rollout_env_steps"]),
           _num(x["rollout_generated_tokens"]), _num(x["eval_episodes"]), _num(x["train_supervised_tokens"]),

@@ -146,8 +146,9 @@ def build_group(path: Path) -> Path:
         b.expert("e1", "t1", 4, success=True)
         for seed in (0, 1):
             adapter = f"data/adapters/g-eef-s{seed}/bc-it0"
-            _register(con, f"g-eef-s{seed}", "eef", 2, {"train_tasks": ["t1"], "samples": 1})
-            _register(con, f"g-rft-s{seed}", "rft", 0, {"train_tasks": ["t1"], "samples": 1, "bc_adapter": adapter})
+            _register(con, f"g-eef-s{seed}", "eef", 2, {"train_tasks": ["t1"], "samples": 1, "iterations": 1})
+            _register(con, f"g-rft-s{seed}", "rft", 0, {"train_tasks": ["t1"], "samples": 1, "bc_adapter": adapter,
+                                                       "iterations": 1})
             for run, summary in ((f"g-eef-s{seed}", {"adapter": adapter, "n_examples": 1, "wall_s": 10.0}),
                                  (f"g-rft-s{seed}", {"adapter": adapter, "reused": True, "wall_s": 0.1})):
                 con.execute("INSERT INTO run_phases (run_id, iteration, phase, started_at, summary) "
@@ -226,6 +227,25 @@ def test_group_report_needs_dev_and_test_evaluations(group_db):
         experiment.group_report(group_db, "g")
 
 
+def test_an_incomplete_run_is_flagged_in_every_table(group_db):
+    """g-rft-s1 configured for 2 iterations but evaluated only at iterations 0 (borrowed) and 1: it is
+    chosen among those, and the runs, the methods, the difference and results.md say it is incomplete."""
+    with store.writer(group_db) as con:
+        con.execute("""UPDATE runs SET config = json_object('config', json_object('train_tasks', ['t1'],
+                       'samples', 1, 'iterations', 2)) WHERE run_id = 'g-rft-s1'""")
+    result = experiment.group_report(group_db, "g", n_boot=200)
+    runs = {r["run_id"]: (r["iterations"], r["last_evaluated_iteration"], r["complete"])
+            for r in result.runs.iter_rows(named=True)}
+    assert runs == {"g-eef-s0": (1, 1, True), "g-eef-s1": (1, 1, True), "g-rft-s0": (1, 1, True),
+                    "g-rft-s1": (2, 1, False)}
+    assert dict(result.methods.select("label", "n_incomplete").rows()) == {"eef": 0, "rft": 1}
+    assert result.differences["incomplete_runs"].to_list() == ["g-rft-s1"]
+    text = experiment.results_markdown(result)
+    assert "**Incomplete runs**: g-rft-s1 evaluated up to iteration 1 of 2." in text
+    assert "| RFT | 0,1 (1 incomplete) |" in text and "; incomplete: g-rft-s1 |" in text
+    assert "| g-rft-s1 | RFT | 1 | 1 of 2 (incomplete) |" in text
+
+
 def test_write_results_folder(group_db, tmp_path):
     result = experiment.group_report(group_db, "g", n_boot=500)
     out = tmp_path / "results" / "g"
@@ -240,8 +260,9 @@ def test_write_results_folder(group_db, tmp_path):
     diffs = list(csv.DictReader(io.StringIO((out / "differences.csv").read_text())))
     assert [(d["comparison"], float(d["difference"])) for d in diffs] == [("EEF − RFT", 0.25)]
     text = (out / "results.md").read_text()
+    assert "incomplete" not in text.lower()
     for line in ("    eef experiment --name g", "| EEF | 0,1 | 75.0 | 50.0 |", "| EEF − RFT | 2 | 4 | 25.0 |",
-                 "resamples the seeds with replacement", "| g-rft-s0 | RFT | 0 | 0 | 50.0 | 25.0 |"):
+                 "resamples the seeds with replacement", "| g-rft-s0 | RFT | 0 | 1 of 1 | 0 | 50.0 | 25.0 |"):
         assert line in text, line
     png = (out / "win_rates.png").read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 1000
