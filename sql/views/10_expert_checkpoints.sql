@@ -1,20 +1,11 @@
 -- expert_checkpoints: the states from which a run simulates each failed expert trajectory.
 -- Grain: one row per (run_id, expert_traj_id, checkpoint).
 -- Inputs: runs (n_sims = M; search = 'uniform': a binary-search run's states are binary_search_probes';
---         experts: uses_expert), trajectories (failed expert trajectories), tasks (train split).
+--         experts: uses_expert), failed_expert_trajectories.
 -- Rule (METHOD.md, step 2.2): for T actions, l = max(1, T // (M + 1)); checkpoint m = 1..M is the
 -- state s_(m*l), kept while m*l < T. prev_step is the checkpoint before it (0 = the initial state).
 CREATE OR REPLACE VIEW expert_checkpoints AS
-WITH failed_experts AS (
-    SELECT t.traj_id, t.task_id, t.n_steps, t.expert
-    FROM trajectories AS t
-    JOIN tasks AS k ON k.task_id = t.task_id
-    WHERE t.source = 'expert'
-      AND NOT t.success
-      AND k.split = 'train'
-),
-
-spaced AS (
+WITH spaced AS (
     SELECT
         r.run_id,
         f.traj_id,
@@ -23,7 +14,7 @@ spaced AS (
         r.n_sims,
         greatest(1, f.n_steps // (r.n_sims + 1)) AS spacing
     FROM runs AS r
-    CROSS JOIN failed_experts AS f
+    CROSS JOIN failed_expert_trajectories AS f
     WHERE coalesce(r.search, 'uniform') = 'uniform'
       AND uses_expert(r.experts, f.expert)
 ),

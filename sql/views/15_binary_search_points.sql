@@ -4,9 +4,9 @@
 -- (need_recover_states) read it.
 -- Grain: one row per (run_id, iteration, expert_traj_id, step) with step 0 (kind 'initial'), a
 --        simulated state 0 < step < T (kind 'probe') or step T (kind 'end').
--- Inputs: runs (search = 'binary'; experts: uses_expert), trajectories (failed expert trajectories of train tasks with
---         T >= 2 actions, which have a state s_k with 0 < k < T; the run's explore rollouts and
---         simulations), tasks.
+-- Inputs: runs (search = 'binary'; experts: uses_expert), failed_expert_trajectories (those with
+--         T >= 2 actions, which have a state s_k with 0 < k < T), trajectories (the run's explore
+--         rollouts and simulations).
 -- Rules (README, "Binary search"): an iteration of the run is one that has explore rollouts or
 -- simulations. 'initial' succeeded when a rollout from s0 of the task succeeded in that iteration
 -- (none stored: not succeeded); 'probe' when a simulation from s_k did (several: any); 'end' never
@@ -19,13 +19,9 @@ WITH binary_runs AS (
 ),
 
 failed_experts AS (
-    SELECT t.traj_id, t.task_id, t.n_steps, t.expert
-    FROM trajectories AS t
-    JOIN tasks AS k ON k.task_id = t.task_id
-    WHERE t.source = 'expert'
-      AND NOT t.success
-      AND k.split = 'train'
-      AND t.n_steps >= 2
+    SELECT traj_id, task_id, n_steps, expert
+    FROM failed_expert_trajectories
+    WHERE n_steps >= 2
 ),
 
 policy_runs AS (
