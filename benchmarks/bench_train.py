@@ -521,6 +521,16 @@ def main() -> None:
           flush=True)
     measured = peak_mod.merge_peaks(*peak_runs)
     bf16_peak, fp32_peak = measured["bfloat16"]["gflops"] * 1e9, measured["float32"]["gflops"] * 1e9
+    # the same matmul on the model's own projection shapes, at one micro-batch's rows (peak.body_matmul_rate)
+    body_rates = {}
+    if not args.config:
+        from transformers import AutoConfig
+
+        rows = max(1, round(statistics.median(s["computed_tokens"] / s["steps"] for s in samples)))
+        model_config = AutoConfig.from_pretrained(model_path)
+        body_rates = {d: peak_mod.body_matmul_rate(model_config, rows, d, device=device) for d in peak_mod.DTYPE_NAMES}
+        print(f"projection matmuls at {rows} rows: " + ", ".join(
+            f"{d} {r['gflops']:,.0f} GFLOP/s" for d, r in body_rates.items()), flush=True)
 
     first = samples[0]
     peak = peak_flops(first["device_name"], args.peak_tflops) if first["device"].startswith("cuda") else None
@@ -550,6 +560,8 @@ def main() -> None:
         }
         row["of_bf16_peak"] = row["gflop_s"] * 1e9 / bf16_peak
         row["of_fp32_peak"] = row["gflop_s"] * 1e9 / fp32_peak
+        rate = body_rates.get(row["dtype"])
+        row["of_body_rate"] = row["gflop_s"] / rate["gflops"] if rate else None
         if peak:
             row["mfu"] = med([6 * s["n_matmul_params"] * s["tokens"] / s["wall_s"] / peak for s in mine])
             row["mfu_padded"] = med([6 * s["n_matmul_params"] * s["computed_tokens"] / s["wall_s"] / peak for s in mine])
@@ -572,7 +584,7 @@ def main() -> None:
           f"fp32 {fp32_peak / 1e9:,.0f} GFLOP/s\n")
     cols = ["mode", "dtype", "checkpointing", "steps", "supervised tokens", "non-pad tokens", "padding", "wall s",
             "non-pad tok/s", "peak memory MB", "GFLOP/s (counted)", "of bf16 peak", "of fp32 peak",
-            "attention share", "model TFLOP/s (6NT)"]
+            "of its dtype's projection-matmul rate", "attention share", "model TFLOP/s (6NT)"]
     if peak:
         cols += ["MFU", "MFU padded"]
     print("| " + " | ".join(cols) + " |")
@@ -582,7 +594,8 @@ def main() -> None:
         cells = [mode, s["dtype"], "on" if s["gradient_checkpointing"] else "off", str(s["steps"]),
                  fmt(s["supervised_tokens"], 0), fmt(s["tokens"], 0), f"{s['padding_share']:.0%}", fmt(s["wall_s"]),
                  fmt(s["tok_s"]), fmt(s["peak_mem_mb"], 0), fmt(s["gflop_s"]), f"{s['of_bf16_peak']:.1%}",
-                 f"{s['of_fp32_peak']:.1%}", f"{s['attention_share']:.0%}", f"{s['model_tflop_s']:.4f}"]
+                 f"{s['of_fp32_peak']:.1%}", "-" if s["of_body_rate"] is None else f"{s['of_body_rate']:.1%}",
+                 f"{s['attention_share']:.0%}", f"{s['model_tflop_s']:.4f}"]
         if peak:
             cells += [f"{s['mfu']:.1%}", f"{s['mfu_padded']:.1%}"]
         print("| " + " | ".join(cells) + " |")
@@ -597,7 +610,7 @@ def main() -> None:
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
     record = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "worker"},
-              "data": data, "peak_flops": peak, "matmul_peak": measured,
+              "data": data, "peak_flops": peak, "matmul_peak": measured, "projection_matmul_rate": body_rates,
               "flops_formula": "benchmarks/peak.py transformer_flops (counted: frozen-base LoRA training, causal "
                                "attention, head on supervised positions, checkpointing recompute); model TFLOP/s: "
                                "6 * N * T, N = parameters in matmuls, T = non-pad tokens",

@@ -7,6 +7,13 @@ one untimed call, on the current torch threads and device. `bench_train.py` and 
 call it in the same run as their measurements (before and after them), because on a shared machine
 only ratios taken together mean anything.
 
+`body_matmul_rate(config, tokens, dtype)`: what the same `torch.matmul` reaches on the decoder's own
+shapes, a [tokens x in] activation times each projection's [in x out] weight (q, k, v, o, gate, up,
+down, from the model's config) and the [tokens x out] x [out x in] product of its input gradient, as
+total FLOPs over total time. SmolLM2-135M's projections are 576 and 1,536 wide, far from the 2048^2
+of the peak, so this is the ceiling a step of that model's linears can reach on this machine; the
+benchmarks print their fraction of it beside the fraction of the peak.
+
 `transformer_flops(model, lengths, head_positions, ...)`: the FLOPs a decoder-only model really
 multiplies for one batch, from its modules and config:
 
@@ -56,6 +63,43 @@ def matmul_peak(dtype: str, size: int = 2048, repeats: int = 5, device: str = "c
 
 def peaks(size: int = 2048, repeats: int = 5, device: str = "cpu") -> dict[str, dict[str, Any]]:
     return {d: matmul_peak(d, size, repeats, device) for d in DTYPE_NAMES}
+
+
+def projection_shapes(config: Any) -> list[tuple[int, int]]:
+    """(in, out) of each decoder-layer projection of a Llama-style config: q, k, v, o, gate, up, down."""
+    h, i = config.hidden_size, config.intermediate_size
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    hd = getattr(config, "head_dim", None) or h // heads
+    return [(h, heads * hd), (h, kv * hd), (h, kv * hd), (heads * hd, h), (h, i), (h, i), (i, h)]
+
+
+def body_matmul_rate(config: Any, tokens: int, dtype: str = "bfloat16", repeats: int = 5,
+                     device: str = "cpu") -> dict[str, Any]:
+    """GFLOP/s of the decoder's projection matmuls at `tokens` rows, forward and input-gradient
+    shapes (module docstring): the median over `repeats` of total FLOPs / total time of one pass."""
+    import torch  # heavy: benchmarks only
+
+    dt = getattr(torch, dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    pairs = []
+    for n_in, n_out in projection_shapes(config):
+        w = torch.randn(n_in, n_out, device=device).to(dt)
+        pairs += [(torch.randn(tokens, n_in, device=device).to(dt), w),
+                  (torch.randn(tokens, n_out, device=device).to(dt), w.t().contiguous())]
+    flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in pairs)
+    for a, b in pairs:
+        a @ b
+    sync()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for a, b in pairs:
+            a @ b
+        sync()
+        samples.append(flops / (time.perf_counter() - t0) / 1e9)
+    return {"dtype": dtype, "tokens": tokens, "shapes": projection_shapes(config),
+            "gflops": statistics.median(samples), "samples": samples}
 
 
 def merge_peaks(*runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -112,6 +156,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--body-tokens", type=int, default=None,
+                        help="also the default model's projection matmuls at this many rows (body_matmul_rate)")
     args = parser.parse_args()
     import torch  # heavy: benchmarks only
 
@@ -120,6 +166,16 @@ def main() -> None:
     for d, r in peaks(args.size, args.repeats, args.device).items():
         print(f"{d}: {r['gflops']:,.0f} GFLOP/s (median of {args.repeats}, {args.size}x{args.size}, "
               f"{torch.get_num_threads()} thread(s), {args.device})")
+    if args.body_tokens:
+        from transformers import AutoConfig
+
+        from eef_tasks.models import resolve_model
+
+        config = AutoConfig.from_pretrained(resolve_model(None))
+        for d in DTYPE_NAMES:
+            r = body_matmul_rate(config, args.body_tokens, d, args.repeats, args.device)
+            print(f"{d}: {r['gflops']:,.0f} GFLOP/s on the default model's projections, {args.body_tokens} rows "
+                  f"(shapes {r['shapes']})")
 
 
 if __name__ == "__main__":
