@@ -32,7 +32,7 @@ from eef_tasks.engines.hf import HFEngine  # noqa: E402
 from eef_tasks.pipeline import set_torch_threads  # noqa: E402
 from eef_tasks.training import TrainConfig, train_adapter  # noqa: E402
 
-KEYS = {"lr": ("learning_rate", float), "epochs": ("epochs", int), "r": ("lora_r", int),
+KEYS = {"lr": ("learning_rate", float), "epochs": ("epochs", int), "r": ("lora_r", int), "alpha": ("lora_alpha", int),
         "dropout": ("lora_dropout", float), "batch": ("batch_size", int), "micro": ("micro_batch", int), "len": ("max_length", int)}
 
 
@@ -122,8 +122,42 @@ def probe(db: str, name: str, overrides: dict, args) -> dict:
     return row
 
 
+def _kinds(by_kind: dict) -> str:
+    return " + ".join(f"{n} {k.replace('_', '-')}" for k, n in sorted(by_kind.items())) or "0"
+
+
+def _before_after(row: dict) -> tuple[str, str]:
+    cells = {}
+    for _mode, where, n, wins in row["by_checkpoint"]:
+        a, b = cells.get(where, (0, 0))
+        cells[where] = (a + wins, b + n)
+    fmt = lambda w: "{} / {}".format(*cells[w]) if w in cells else "-"  # noqa: E731
+    return fmt("before harm"), fmt("after harm")
+
+
+def markdown_table(paths: list[str]) -> str:
+    """The rows of `--out` files as one markdown table (docs/policy-probe.md)."""
+    lines = ["| store | setting | BC examples | optimizer steps | train s | final loss | dev, greedy | explore from s0 "
+             "| simulations | up to the harmful step | after it | need-recover states | EEF set | RFT set |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for path in paths:
+        for text in Path(path).read_text().splitlines():
+            row = json.loads(text)
+            before, after = _before_after(row)
+            lines.append("| " + " | ".join([
+                Path(path).stem, row["setting"], str(row["bc_examples"]), str(row["steps"]), str(row["train_s"]),
+                f"{row['final_loss']:.3f}", f"{row['eval_wins']} / {row['eval_n']}",
+                f"{row['explore_wins']} / {row['explore_n']}", f"{row['simulate_wins']} / {row['simulate_n']}",
+                before, after, str(row["need_recover_states"]), _kinds(row["eef_by_kind"]),
+                _kinds(row["rft_by_kind"])]) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    if "--table" in sys.argv:  # python benchmarks/policy_probe.py --table A.jsonl [B.jsonl ...]
+        print(markdown_table(sys.argv[sys.argv.index("--table") + 1:]))
+        return
     parser.add_argument("--db", required=True)
     parser.add_argument("--setting", action="append", required=True,
                         help="comma-separated key=value: " + ", ".join(KEYS))
