@@ -12,6 +12,10 @@ projection but the output head) on the same frozen base model and the same examp
   `eef_tasks.precision` chooses (bf16 autocast where the device has bf16 matmuls, checkpointing by
   its rule), in float32 (checkpointing by the same rule), and in the chosen precision without
   checkpointing;
+- **compile** / **compile-no-ckpt**: eef's trainer with `TrainConfig(compile=True)`:
+  `training.compile_layers` runs torch.compile (inductor, dynamic sequence length) on each decoder
+  layer; the compile time falls in the warm-up steps (give `--warmup 2` or more; printed per run as
+  "warm-up steps … s", and stored as `warmup_s`);
 
 - eef's trainer: what `eef_tasks.training` does: micro-batches from `length_grouped_batches` (shuffle,
   megabatches of `--megabatch` micro-batches sorted by length, so little padding), `collate`
@@ -97,7 +101,10 @@ MODES = {
     "fp32": ("eef", "float32", None),
     "eef-no-ckpt": ("eef", "auto", False),
     "naive": ("naive", "auto", None),
+    "compile": ("eef", "auto", None),
+    "compile-no-ckpt": ("eef", "auto", False),
 }
+COMPILED = {"compile", "compile-no-ckpt"}  # eef's trainer with training.compile_layers
 
 LLAMA_CONFIGS = {
     # Llama-3-8B's sizes (vocabulary included); weights are random
@@ -275,6 +282,7 @@ def worker(spec_path: str) -> None:
     from eef_tasks.training import (
         TrainConfig,
         _seed_everything,
+        compile_layers,
         enable_checkpointing,
         lora_compute,
         training_precision,
@@ -307,6 +315,7 @@ def worker(spec_path: str) -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=spec["lora_dropout"], target_modules="all-linear",
                                              task_type="CAUSAL_LM", bias="none"))
+    compiled_layers = compile_layers(model) if mode in COMPILED else 0
     params = [p for p in model.parameters() if p.requires_grad]
     sizes = peak_mod.model_sizes(model)
     n_trainable = sum(p.numel() for p in params)
@@ -351,9 +360,11 @@ def worker(spec_path: str) -> None:
             torch.cuda.synchronize()
 
     lora_compute(model, precision).__enter__()  # as the trainer does, for the rest of this process
+    t_warm = time.perf_counter()
     for b in spec["warmup"]:
         step(b)
     sync()
+    warmup_s = time.perf_counter() - t_warm  # with torch.compile: the compile time is in here
     import gc
 
     gc.collect()
@@ -382,13 +393,13 @@ def worker(spec_path: str) -> None:
         "mode": mode, "repeat": spec["repeat"], "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
         "dtype": str(dtype).removeprefix("torch."), "gradient_checkpointing": checkpointing,
-        "threads": torch.get_num_threads(), "n_params": n_params, "n_matmul_params": n_matmul,
+        "threads": torch.get_num_threads(), "compiled_layers": compiled_layers, "n_params": n_params, "n_matmul_params": n_matmul,
         "n_trainable": n_trainable, "steps": len(timed), "warmup": len(spec["warmup"]),
         "examples": sum(len(b) for b in timed),
         "supervised_tokens": sum(examples[i].n_supervised_tokens for b in timed for i in b),
         "tokens": sum(len(examples[i]) for b in timed for i in b),
         "computed_tokens": computed,
-        "wall_s": wall, "step_s": step_s, "losses": losses, "check_loss": check_loss,
+        "wall_s": wall, "warmup_s": warmup_s, "step_s": step_s, "losses": losses, "check_loss": check_loss,
         "attn_implementation": precision.attn_implementation, "sizes": sizes,
         "flops": sum(f["flops"] for f in flops), "attention_share": statistics.mean(f["attention_share"] for f in flops),
     }
@@ -515,7 +526,8 @@ def main() -> None:
                 res = run_one({**base, **plan[MODES[mode][0]], "mode": mode, "repeat": r}, Path(tmp))
                 samples.append(res)
                 print(f"  {mode}: {res['wall_s']:.1f} s, {res['tokens'] / res['wall_s']:.1f} "
-                      f"non-pad tokens/s, peak {res['peak_mem_mb']:.0f} MB", flush=True)
+                      f"non-pad tokens/s, peak {res['peak_mem_mb']:.0f} MB; {len(res['step_s']) and res['warmup']} warm-up "
+                      f"steps {res['warmup_s']:.1f} s", flush=True)
     peak_runs.append(peak_mod.peaks(device=device))
     print("matmul peak after: " + ", ".join(f"{d} {r['gflops']:,.0f} GFLOP/s" for d, r in peak_runs[1].items()),
           flush=True)

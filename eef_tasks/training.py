@@ -86,6 +86,9 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool | None = Field(
         default=None, description="None: on with CUDA and for CPU micro-batches above 1,024 tokens")
     device: str | None = Field(default=None, description="None: cuda when available, else cpu")
+    compile: bool = Field(
+        default=False, description="torch.compile each decoder layer (compile_layers; benchmarks/README.md "
+        "has its measured effect and compile time)")
     too_long: Literal["skip", "error"] = Field(
         default="skip", description="an example whose supervised turns cannot fit max_length: skip it "
         "(counted in n_skipped and listed in the adapter's record) or stop training with its name")
@@ -270,6 +273,20 @@ def enable_checkpointing(model: Any) -> None:
     model.config.use_cache = False
 
 
+def compile_layers(model: Any) -> int:
+    """Compile each decoder layer with torch.compile (inductor; "regional" compilation: one graph
+    per layer class, reused by every layer, dynamic in the sequence length), so the element-wise
+    work around the matmuls (RMSNorm, rotary, SiLU-gating, the LoRA adds) is fused. Returns the
+    number of layers compiled (0 for a model without `model.layers`)."""
+    parts = _causal_lm_parts(model)
+    layers = getattr(parts[0], "layers", None) if parts else None
+    if layers is None:
+        return 0
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
 def lora_compute(model: Any, precision: Precision):
     """A context in which the LoRA layers take their bf16 input as it is: by default peft casts it
     to the float32 of the LoRA weights (and dropout runs on that copy) before autocast casts it back;
@@ -391,6 +408,7 @@ def train_adapter(
     model.train()
     if any(p.dtype != torch.float32 for p in model.parameters() if p.requires_grad):
         raise TrainingError("the LoRA weights are not float32; this peft version does not upcast them")
+    compiled_layers = compile_layers(model) if config.compile else 0
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -453,6 +471,7 @@ def train_adapter(
         **precision.record(),
         "trainable_dtype": "float32",
         "gradient_checkpointing": checkpointing,
+        "compiled_layers": compiled_layers,
         "losses": losses,
         "examples": [
             {**asdict(k), "n_tokens": len(e), "n_supervised_tokens": e.n_supervised_tokens,
