@@ -526,7 +526,7 @@ def main() -> None:
                 res = run_one({**base, **plan[MODES[mode][0]], "mode": mode, "repeat": r}, Path(tmp))
                 samples.append(res)
                 print(f"  {mode}: {res['wall_s']:.1f} s, {res['tokens'] / res['wall_s']:.1f} "
-                      f"non-pad tokens/s, peak {res['peak_mem_mb']:.0f} MB; {len(res['step_s']) and res['warmup']} warm-up "
+                      f"non-pad tokens/s, peak {res['peak_mem_mb']:.0f} MB; {res['warmup']} warm-up "
                       f"steps {res['warmup_s']:.1f} s", flush=True)
     peak_runs.append(peak_mod.peaks(device=device))
     print("matmul peak after: " + ", ".join(f"{d} {r['gflops']:,.0f} GFLOP/s" for d, r in peak_runs[1].items()),

@@ -141,8 +141,11 @@ def markdown_table(paths: list[str]) -> str:
              "| simulations | up to the harmful step | after it | need-recover states | EEF set | RFT set |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for path in paths:
-        for text in Path(path).read_text().splitlines():
-            row = json.loads(text)
+        for number, text in enumerate(Path(path).read_text().splitlines(), 1):
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise SystemExit(f"--table: {path}:{number} is not a JSON row of --out ({exc.msg})") from None
             before, after = _before_after(row)
             lines.append("| " + " | ".join([
                 Path(path).stem, row["setting"], str(row["bc_examples"]), str(row["steps"]), str(row["train_s"]),
@@ -155,12 +158,9 @@ def markdown_table(paths: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    if "--table" in sys.argv:  # python benchmarks/policy_probe.py --table A.jsonl [B.jsonl ...]
-        print(markdown_table(sys.argv[sys.argv.index("--table") + 1:]))
-        return
-    parser.add_argument("--db", required=True)
-    parser.add_argument("--setting", action="append", required=True,
-                        help="comma-separated key=value: " + ", ".join(KEYS))
+    parser.add_argument("--table", nargs="+", metavar="JSONL", help="print the rows of these --out files as a markdown table")
+    parser.add_argument("--db")
+    parser.add_argument("--setting", action="append", help="comma-separated key=value: " + ", ".join(KEYS))
     parser.add_argument("--sims", type=int, default=14, help="M of the probe runs (>= T - 1: every step)")
     parser.add_argument("--eval-limit", type=int, default=10)
     parser.add_argument("--explore-limit", type=int, default=None, help="explore from s0 of this many training tasks")
@@ -173,6 +173,11 @@ def main() -> None:
     parser.add_argument("--adapters", default="data/adapters")
     parser.add_argument("--out", default=None, help="append each row as a JSON line here")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(args.table))
+        return
+    if not args.db or not args.setting:
+        parser.error("--db and --setting are required (or --table)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for text in args.setting:
         name = text.replace(",", "_").replace("=", "")
