@@ -8,7 +8,8 @@ Modes (`--modes`, default `eef,fp32`; the first is the reference of the ratios),
 step (AdamW) per micro-batch, the same LoRA adapter (r 16, alpha 32, dropout 0.05, every linear
 projection but the output head) on the same frozen base model and the same examples:
 
-- **eef** / **fp32** / **eef-no-ckpt**: eef's trainer (below) in the precision
+- **eef** / **fp32** / **eef-no-ckpt**: eef's trainer (below), eager (no torch.compile: `eef train` compiles by
+  default on a bf16 CPU since stop 26, which is the **compile** mode), in the precision
   `eef_tasks.precision` chooses (bf16 autocast where the device has bf16 matmuls, checkpointing by
   its rule), in float32 (checkpointing by the same rule), and in the chosen precision without
   checkpointing;

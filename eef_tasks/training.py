@@ -15,7 +15,10 @@ micro-batches, so little padding is computed; padding never enters the loss. The
 attention kernel and activation checkpointing come from `eef_tasks.precision`: bfloat16 matmuls
 where the device has them (CUDA, and CPUs with AVX-512 BF16 or AMX), the frozen base weights in
 bf16 and the LoRA weights and optimizer state in float32 (autocast), SDPA attention, checkpointing
-on CUDA and for CPU micro-batches above 1,024 tokens; float32 elsewhere. Everything random (LoRA
+on CUDA and for CPU micro-batches above 1,024 tokens; float32 elsewhere. On a bf16 CPU the decoder
+layers are compiled (torch.compile, `compile_default`): eager bf16 adds each small LoRA delta to an
+output already rounded to bf16, so the first updates of a small learning rate vanish from the forward
+pass, while the compiled layers add before rounding. Everything random (LoRA
 init, dropout, shuffling) follows `seed`: on one machine the same seed gives the same adapter weights.
 
 The adapter folder (`save_pretrained`, plus the tokenizer and `eef-train.json` with the config,
@@ -86,10 +89,11 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool | None = Field(
         default=None, description="None: on with CUDA and for CPU micro-batches above 1,024 tokens")
     device: str | None = Field(default=None, description="None: cuda when available, else cpu")
-    compile: bool = Field(
-        default=False, description="torch.compile each decoder layer (compile_layers; benchmarks/README.md "
-        "has its measured effect and compile time; with activation checkpointing on, its losses were ~3 % "
-        "from eager's there, not yet explained)")
+    compile: bool | None = Field(
+        default=None, description="torch.compile each decoder layer (compile_layers). None: on for bf16 "
+        "training on CPU where a C++ compiler is found (compile_default), else off. Measured on CPU: "
+        "~1.3-1.4x tokens/s, 0.65x peak memory, and in bf16 it tracks float32 training where eager bf16 "
+        "loses the first small updates (benchmarks/README.md, benchmarks/lora_numerics.py)")
     too_long: Literal["skip", "error"] = Field(
         default="skip", description="an example whose supervised turns cannot fit max_length: skip it "
         "(counted in n_skipped and listed in the adapter's record) or stop training with its name")
@@ -219,12 +223,12 @@ def _summed_loss(model: Any, batch: dict[str, Any], device: Any):
     parts = _causal_lm_parts(model)
     if parts is not None:
         decoder, head = parts
-        hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1, :]
+        hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, :-1, :]
         shift_labels = labels[:, 1:]
         keep = shift_labels != IGNORE_INDEX
         logits = head(hidden[keep]).float()
         return torch.nn.functional.cross_entropy(logits, shift_labels[keep], reduction="sum")
-    logits = model(input_ids=ids, attention_mask=mask).logits
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     shift_logits = logits[:, :-1, :].float()
     shift_labels = labels[:, 1:]
     return torch.nn.functional.cross_entropy(
@@ -262,6 +266,17 @@ def training_precision(config: TrainConfig) -> tuple[Precision, bool]:
     if checkpointing is None:
         checkpointing = checkpointing_default(precision.device, config.micro_batch * config.max_length)
     return precision, checkpointing
+
+
+def compile_default(precision: Precision) -> bool:
+    """Whether a training run whose `compile` is None compiles its decoder layers: for bf16 on CPU
+    (measured there: faster, leaner, closer to float32; benchmarks/README.md), where inductor finds
+    the C++ compiler it needs (`CXX`, else c++ / g++ / clang++ on PATH). Off on CUDA (not measured
+    there yet) and in float32 (no rounding to fix; the speed-up was measured in bf16 only)."""
+    if not precision.device.startswith("cpu") or precision.dtype != "bfloat16":
+        return False
+    compiler = os.environ.get("CXX", "").split()
+    return any(shutil.which(c) for c in ([compiler[0]] if compiler else []) + ["c++", "g++", "clang++"])
 
 
 def enable_checkpointing(model: Any) -> None:
@@ -409,7 +424,8 @@ def train_adapter(
     model.train()
     if any(p.dtype != torch.float32 for p in model.parameters() if p.requires_grad):
         raise TrainingError("the LoRA weights are not float32; this peft version does not upcast them")
-    compiled_layers = compile_layers(model) if config.compile else 0
+    compiled = config.compile if config.compile is not None else compile_default(precision)
+    compiled_layers = compile_layers(model) if compiled else 0
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -590,7 +606,7 @@ def load_policy(base_model: str | Path | None, adapter_dir: str | Path, *, devic
 
 
 __all__ = [
-    "AdapterInfo", "ExampleKey", "TRAIN_FILE", "TrainConfig", "TrainingError", "collate",
-    "default_adapter_dir", "enable_checkpointing", "length_grouped_batches", "load_policy", "lora_compute",
+    "AdapterInfo", "ExampleKey", "TRAIN_FILE", "TrainConfig", "TrainingError", "collate", "compile_default",
+    "compile_layers", "default_adapter_dir", "enable_checkpointing", "length_grouped_batches", "load_policy", "lora_compute",
     "load_training_chats", "mean_loss", "read_train_record", "train_adapter", "training_precision", "write_adapter",
 ]
