@@ -607,6 +607,6 @@ def load_policy(base_model: str | Path | None, adapter_dir: str | Path, *, devic
 
 __all__ = [
     "AdapterInfo", "ExampleKey", "TRAIN_FILE", "TrainConfig", "TrainingError", "collate", "compile_default",
-    "compile_layers", "default_adapter_dir", "enable_checkpointing", "length_grouped_batches", "load_policy", "lora_compute",
-    "load_training_chats", "mean_loss", "read_train_record", "train_adapter", "training_precision", "write_adapter",
+    "compile_layers", "default_adapter_dir", "enable_checkpointing", "length_grouped_batches", "load_policy",
+    "lora_compute", "load_training_chats", "mean_loss", "read_train_record", "train_adapter", "training_precision", "write_adapter",
 ]
