@@ -271,9 +271,14 @@ def training_precision(config: TrainConfig) -> tuple[Precision, bool]:
 def compile_default(precision: Precision) -> bool:
     """Whether a training run whose `compile` is None compiles its decoder layers: for bf16 on CPU
     (measured there: faster, leaner, closer to float32; benchmarks/README.md), where inductor finds
-    the C++ compiler it needs (`CXX`, else c++ / g++ / clang++ on PATH). Off on CUDA (not measured
-    there yet) and in float32 (no rounding to fix; the speed-up was measured in bf16 only)."""
+    the C++ compiler and Python headers it builds its kernels with (`CXX`, else c++ / g++ / clang++
+    on PATH; Python.h): without them the first step would fail. Off on CUDA (not measured there yet)
+    and in float32 (no rounding to fix; the speed-up was measured in bf16 only)."""
+    import sysconfig
+
     if not precision.device.startswith("cpu") or precision.dtype != "bfloat16":
+        return False
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
         return False
     compiler = os.environ.get("CXX", "").split()
     return any(shutil.which(c) for c in ([compiler[0]] if compiler else []) + ["c++", "g++", "clang++"])

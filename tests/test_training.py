@@ -289,7 +289,7 @@ def test_compiled_layers_train_the_same_adapter(db, trained, tmp_path):
         assert abs(a - b) <= BF16_LOSS_RTOL * b, (record["losses"], eager["losses"])
 
 
-def test_compile_default_is_bf16_on_cpu_with_a_compiler(monkeypatch, tmp_path):
+def test_compile_default_is_bf16_on_cpu_with_a_compiler_and_python_headers(monkeypatch, tmp_path):
     from eef_tasks.precision import Precision
     from eef_tasks.training import compile_default
 
@@ -306,3 +306,8 @@ def test_compile_default_is_bf16_on_cpu_with_a_compiler(monkeypatch, tmp_path):
     assert not compile_default(Precision(device="cpu", dtype="bfloat16"))  # inductor would fail to build
     monkeypatch.setenv("CXX", f"{cxx} -O2")
     assert compile_default(Precision(device="cpu", dtype="bfloat16"))
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {**paths, "include": str(tmp_path / "no-headers")})
+    assert not compile_default(Precision(device="cpu", dtype="bfloat16"))  # no Python.h to build kernels with
