@@ -11,9 +11,10 @@ fixed batch of 2 x 300 random token ids (seeded; 350 supervised positions), Adam
 learning rate, no warm-up. The loss printed for step k is the one computed before the k-th update,
 so step 0 is the starting loss and later steps show how much each update took the loss down.
 
-Modes: `eager-bf16` (what `eef train` does by default on a bf16 CPU: bf16 autocast, frozen base
-weights in bf16, LoRA weights and AdamW state in float32), `compile-bf16` (the same with
-`TrainConfig(compile=True)`, `training.compile_layers`), `eager-bf16-sum32` (eager bf16, but each LoRA
+Modes: `eager-bf16` (`eef train` with `TrainConfig(compile=False)`: bf16 autocast, frozen base
+weights in bf16, LoRA weights and AdamW state in float32; the default before stop 26),
+`compile-bf16` (the same with the decoder layers compiled, `training.compile_layers`: what `eef
+train` does by default on a bf16 CPU since stop 26, `training.compile_default`), `eager-bf16-sum32` (eager bf16, but each LoRA
 layer returns the frozen output plus the delta summed in float32, not rounded back to bf16: a check of
 the explanation below, not an eef option), `fp32` (the same trainer in float32).
 
