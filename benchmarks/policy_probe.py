@@ -13,6 +13,11 @@ success from s0 (dev, greedy; train, sampled), simulation success from checkpoin
 the expert's first harmful action (`meta.harmful_steps`), the need-recover states found and the
 EEF set the next selection would write (examples by kind), against RFT's. Everything is measured in
 the real game with the real model; the numbers are whatever they are.
+
+Setting keys: training (lr, epochs, r, alpha, dropout, batch, micro, len, and `ft=full` for full
+fine-tuning instead of LoRA) and sampling of the exploration and simulations (`temp`, `top_p`; default
+`--temperature` / `--top-p`). Settings of one invocation that differ only in sampling share one adapter
+(trained once, for the first of them; the others' rows name it in `adapter_from`).
 """
 
 from __future__ import annotations
@@ -33,17 +38,23 @@ from eef_tasks.pipeline import set_torch_threads  # noqa: E402
 from eef_tasks.training import TrainConfig, train_adapter  # noqa: E402
 
 KEYS = {"lr": ("learning_rate", float), "epochs": ("epochs", int), "r": ("lora_r", int), "alpha": ("lora_alpha", int),
-        "dropout": ("lora_dropout", float), "batch": ("batch_size", int), "micro": ("micro_batch", int), "len": ("max_length", int)}
+        "dropout": ("lora_dropout", float), "batch": ("batch_size", int), "micro": ("micro_batch", int), "len": ("max_length", int),
+        "ft": ("finetune", str)}
+# sampling of the setting's exploration and simulations (default: --temperature, --top-p); not training
+SAMPLING_KEYS = {"temp": ("temperature", float), "top_p": ("top_p", float)}
 
 
 def parse_setting(text: str) -> dict:
     values = {}
     for part in text.split(","):
         key, _, value = part.partition("=")
-        if key not in KEYS:
-            raise SystemExit(f"--setting: unknown key {key!r}: one of {', '.join(KEYS)}")
-        name, kind = KEYS[key]
-        values[name] = kind(value)
+        if key not in KEYS and key not in SAMPLING_KEYS:
+            raise SystemExit(f"--setting: unknown key {key!r}: one of {', '.join([*KEYS, *SAMPLING_KEYS])}")
+        name, kind = KEYS.get(key) or SAMPLING_KEYS[key]
+        try:
+            values[name] = kind(value)
+        except ValueError:
+            raise SystemExit(f"--setting: {key}={value!r} is not a {kind.__name__}") from None
     return values
 
 
@@ -69,20 +80,32 @@ def _first_experts(episodes: list, limit: int | None) -> list:
     return [e for e in episodes if keep is None or e.branch_traj_id in keep]
 
 
-def probe(db: str, name: str, overrides: dict, args) -> dict:
+def probe(db: str, name: str, overrides: dict, args, trained: dict) -> dict:
+    """One setting's row. `trained` maps a training config (JSON) to the adapter and row fields of a
+    setting already probed in this invocation: settings that differ only in sampling share it."""
     run = f"probe-{name}"
     row: dict = {"setting": name}
     with store.writer(db) as con:
         bc = selection.select_examples(con, run, 0, "bc", n_sims=args.sims)
     row["bc_examples"] = bc.n_examples
-    out = Path(args.adapters) / run
+    sampling_over = {k: overrides.pop(k) for k in [v[0] for v in SAMPLING_KEYS.values()] if k in overrides}
     config = TrainConfig(**{"epochs": 3, "learning_rate": 5e-4, "batch_size": 8, "micro_batch": 4,
                             "max_length": 1024, **overrides})
-    set_torch_threads("train")
-    started = time.monotonic()
-    info = train_adapter(db, run, 0, "bc", out, config, overwrite=True, progress=False)
-    row.update(train_s=round(time.monotonic() - started), steps=info.n_optimizer_steps,
-               tokens=info.n_tokens, final_loss=round(info.final_loss or float("nan"), 3))
+    key = config.model_dump_json()
+    if key in trained:
+        out, fields = trained[key]
+        row.update(fields, adapter_from=str(out))
+    else:
+        out = Path(args.adapters) / run
+        set_torch_threads("train")
+        started = time.monotonic()
+        info = train_adapter(db, run, 0, "bc", out, config, overwrite=True, progress=False)
+        fields = dict(train_s=round(time.monotonic() - started), steps=info.n_optimizer_steps,
+                      tokens=info.n_tokens, final_loss=round(info.final_loss or float("nan"), 3))
+        trained[key] = (out, fields)
+        row.update(fields)
+    temperature, top_p = sampling_over.get("temperature", args.temperature), sampling_over.get("top_p", args.top_p)
+    row.update(temperature=temperature, top_p=top_p)
 
     set_torch_threads("rollout")
     engine = HFEngine(None, out, max_batch_size=16)
@@ -92,7 +115,7 @@ def probe(db: str, name: str, overrides: dict, args) -> dict:
             "SELECT DISTINCT task_id FROM trajectories JOIN tasks USING (task_id) WHERE split = 'train' "
             "AND source = 'expert' ORDER BY task_id").fetchall()]
     greedy = SamplingConfig(temperature=0.0, max_new_tokens=args.max_new_tokens)
-    sampled = SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
+    sampled = SamplingConfig(temperature=temperature, top_p=top_p, max_new_tokens=args.max_new_tokens)
     common = dict(engine=engine, n_workers=args.workers, max_steps=args.max_steps)
     timings = {}
     for purpose, iteration, episodes, sampling in (
@@ -179,9 +202,10 @@ def main() -> None:
     if not args.db or not args.setting:
         parser.error("--db and --setting are required (or --table)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    trained: dict = {}
     for text in args.setting:
         name = text.replace(",", "_").replace("=", "")
-        row = probe(args.db, name, parse_setting(text), args)
+        row = probe(args.db, name, parse_setting(text), args, trained)
         print(json.dumps(row), flush=True)
         if args.out:
             with open(args.out, "a") as fh:

@@ -423,6 +423,8 @@ def train(
     max_length: Annotated[int | None, typer.Option("--max-length")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
+    finetune: Annotated[str | None, typer.Option(
+        "--finetune", help="lora (default): a LoRA adapter; full: every weight (the folder is then a whole model)")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing adapter")] = False,
 ) -> None:
     """Train a fresh LoRA adapter on one run/iteration/method's training_examples (loss on actions only);
@@ -431,6 +433,9 @@ def train(
 
     if method is TrainMethod.dpo:
         from eef_tasks import dpo
+
+        if finetune is not None:
+            raise UserError("--finetune is an option of SFT training: --method dpo continues a LoRA adapter")
 
         given = {"epochs": epochs, "learning_rate": lr, "batch_size": batch_size, "micro_batch": micro_batch,
                  "max_length": max_length, "max_steps": max_steps, "seed": seed, "beta": beta}
@@ -446,9 +451,11 @@ def train(
         return
     if beta is not None or sft_adapter is not None:
         raise UserError("--beta and --sft-adapter are options of --method dpo")
+    if finetune not in (None, "lora", "full"):
+        raise UserError(f"--finetune {finetune!r}: lora or full")
 
     given = {"epochs": epochs, "learning_rate": lr, "batch_size": batch_size, "micro_batch": micro_batch,
-             "max_length": max_length, "max_steps": max_steps, "seed": seed}
+             "max_length": max_length, "max_steps": max_steps, "seed": seed, "finetune": finetune}
     config = training.TrainConfig(**{key: value for key, value in given.items() if value is not None})
     out_dir = out_dir or training.default_adapter_dir(run, iteration, method.value)
     with interrupt.doing(f"train of {run} iteration {iteration}"):

@@ -76,7 +76,7 @@ def train_dpo(
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from eef_tasks.models import resolve_model
+    from eef_tasks.models import is_full_checkpoint, resolve_model
     from eef_tasks.precision import choose_precision, load_causal_lm
     from eef_tasks.training import read_train_record, write_adapter
 
@@ -84,6 +84,9 @@ def train_dpo(
     out_dir, sft_adapter = Path(out_dir), Path(sft_adapter)
     if out_dir.exists() and not overwrite:
         raise DPOError(f"{out_dir} exists already: pass --overwrite to replace it")
+    if is_full_checkpoint(sft_adapter):
+        raise DPOError(f"{sft_adapter} is a full fine-tuned model (finetune='full'): DPO here continues a LoRA "
+                       "adapter; train the SFT policy with finetune='lora'")
     if not (sft_adapter / "adapter_config.json").is_file():
         raise DPOError(f"{sft_adapter} is not a LoRA adapter folder (train the SFT adapter first: eef train)")
     with reader(db) as con:

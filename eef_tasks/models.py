@@ -193,6 +193,15 @@ def resolve_model(name_or_path: str | Path | None = DEFAULT_MODEL, *, cache_dir:
     )
 
 
+def is_full_checkpoint(folder: str | Path | None) -> bool:
+    """Whether an "adapter" folder is a whole model (`eef train` with finetune='full': config.json
+    and the weights, no adapter_config.json): engines load it as the model, not as a LoRA on a base."""
+    if folder is None:
+        return False
+    folder = Path(folder)
+    return (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file()
+
+
 def _hub_snapshot(repo_id: str) -> str | None:
     """The local snapshot folder of a Hub model already in the Hugging Face cache, or None."""
     try:
@@ -221,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = [
     "DEFAULT_MODEL", "ModelError", "cache_root", "default_model_path", "downloads_allowed",
-    "models_dir", "resolve_model", "smollm2_gguf_file",
+    "is_full_checkpoint", "models_dir", "resolve_model", "smollm2_gguf_file",
 ]
 
 

@@ -21,6 +21,12 @@ output already rounded to bf16, so the first updates of a small learning rate va
 pass, while the compiled layers add before rounding. Everything random (LoRA
 init, dropout, shuffling) follows `seed`: on one machine the same seed gives the same adapter weights.
 
+**Full fine-tuning** (`finetune='full'`, issue 11's option for the 135M model) trains every weight
+instead: float32 master weights and AdamW state, the matmuls in bf16 under autocast where the device
+has it, the same loss, batches and compile; its folder is a whole model checkpoint
+(`models.is_full_checkpoint`), which the hf engine and `load_policy` load as the model. The vllm
+engine and DPO work on LoRA adapters only and refuse it with one line.
+
 The adapter folder (`save_pretrained`, plus the tokenizer and `eef-train.json` with the config,
 base model, example keys, token counts and losses) is written to a temporary folder beside
 `out_dir` and renamed into place, so a reader never sees half an adapter.
@@ -72,6 +78,10 @@ class TrainConfig(BaseModel):
     micro_batch: int = Field(default=4, ge=1, description="examples per forward/backward pass")
     max_length: int = Field(default=4096, ge=16, description="tokens per example; see tokenization")
     megabatch: int = Field(default=16, ge=1, description="micro-batches per length-grouping megabatch")
+    finetune: Literal["lora", "full"] = Field(
+        default="lora", description="lora: a fresh LoRA adapter on the frozen base (lora_* fields); full: every "
+        "weight of the base model trained (float32 master weights and AdamW state, matmuls in `dtype` under "
+        "autocast); the folder is then a whole model checkpoint that the hf engine loads as the model")
     lora_r: int = Field(default=16, ge=1)
     lora_alpha: int = Field(default=32, ge=1)
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
@@ -365,7 +375,8 @@ def train_adapter(
     overwrite: bool = False,
     progress: bool = True,
 ) -> AdapterInfo:
-    """Train a fresh LoRA adapter on (run, iteration, method)'s examples and save it in `out_dir`."""
+    """Train a fresh LoRA adapter on (run, iteration, method)'s examples and save it in `out_dir`
+    (config.finetune 'full': the whole model, saved there as a checkpoint)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer
@@ -415,20 +426,24 @@ def train_adapter(
     precision, checkpointing = training_precision(config)
     device = torch.device(precision.device)
     _seed_everything(config.seed)
-    model = load_causal_lm(base, precision)
+    full = config.finetune == "full"
+    # full fine-tuning: the weights themselves are trained, so they stay float32 (master weights) and
+    # only the matmuls run in precision.dtype (autocast); a LoRA run keeps its frozen base in that dtype
+    model = load_causal_lm(base, Precision(precision.device, "float32") if full else precision)
     if checkpointing:
         enable_checkpointing(model)
-    lora = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=config.target_modules, task_type="CAUSAL_LM", bias="none",
-    )
-    _seed_everything(config.seed)  # the LoRA initialisation depends only on the seed
-    with quiet_peft():
-        # autocast_adapter_dtype (peft's default, made explicit): LoRA weights in float32 on a bf16 base
-        model = get_peft_model(model, lora, autocast_adapter_dtype=True)
+    if not full:
+        lora = LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=config.target_modules, task_type="CAUSAL_LM", bias="none",
+        )
+        _seed_everything(config.seed)  # the LoRA initialisation depends only on the seed
+        with quiet_peft():
+            # autocast_adapter_dtype (peft's default, made explicit): LoRA weights in float32 on a bf16 base
+            model = get_peft_model(model, lora, autocast_adapter_dtype=True)
     model.train()
     if any(p.dtype != torch.float32 for p in model.parameters() if p.requires_grad):
-        raise TrainingError("the LoRA weights are not float32; this peft version does not upcast them")
+        raise TrainingError("the trained weights are not float32" + ("" if full else ": this peft version does not upcast the LoRA weights"))
     compiled = config.compile if config.compile is not None else compile_default(precision)
     compiled_layers = compile_layers(model) if compiled else 0
 
@@ -445,7 +460,7 @@ def train_adapter(
     rng = random.Random(config.seed)
     losses: list[float] = []
     step = 0
-    with _progress(progress and rank == 0) as bar, lora_compute(model, precision):
+    with _progress(progress and rank == 0) as bar, (contextlib.nullcontext() if full else lora_compute(model, precision)):
         task = bar.add_task(f"{run_id} {method} it{iteration}", total=total_steps, loss="-")
         for epoch in range(config.epochs):
             batches = length_grouped_batches(lengths, config.micro_batch, config.megabatch, rng)
@@ -492,6 +507,8 @@ def train_adapter(
         "config": config.model_dump(),
         **precision.record(),
         "trainable_dtype": "float32",
+        "finetune": config.finetune,
+        "trainable_parameters": sum(p.numel() for p in params),
         "gradient_checkpointing": checkpointing,
         "compiled_layers": compiled_layers,
         "losses": losses,
@@ -583,16 +600,20 @@ def load_policy(base_model: str | Path | None, adapter_dir: str | Path, *, devic
     """(model, tokenizer) of the base model with the adapter applied, in eval mode.
 
     `base_model` None means the base recorded in the adapter's eef-train.json (else the default
-    model). With `merge` the LoRA weights are folded into the base weights (faster generation).
+    model). With `merge` the LoRA weights are folded into the base weights (faster generation). A
+    full fine-tuned folder (finetune='full') is loaded as the model itself.
     """
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from eef_tasks.models import quiet_peft, resolve_model
+    from eef_tasks.models import is_full_checkpoint, quiet_peft, resolve_model
 
     adapter_dir = Path(adapter_dir)
+    if is_full_checkpoint(adapter_dir):  # finetune='full': the folder is the model
+        model = load_causal_lm(adapter_dir, choose_precision(device, dtype))
+        return model.eval(), AutoTokenizer.from_pretrained(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
-        raise TrainingError(f"{adapter_dir} is not a LoRA adapter folder (no adapter_config.json)")
+        raise TrainingError(f"{adapter_dir} is not a LoRA adapter folder (no adapter_config.json) nor a model checkpoint")
     if base_model is None:
         record = read_train_record(adapter_dir)
         base_model = record["base_model"] if record else None

@@ -311,3 +311,49 @@ def test_compile_default_is_bf16_on_cpu_with_a_compiler_and_python_headers(monke
     paths = sysconfig.get_paths()
     monkeypatch.setattr(sysconfig, "get_paths", lambda: {**paths, "include": str(tmp_path / "no-headers")})
     assert not compile_default(Precision(device="cpu", dtype="bfloat16"))  # no Python.h to build kernels with
+
+
+@pytest.mark.slow
+def test_full_fine_tuning_trains_every_weight_and_engines_load_the_folder_as_the_model(db, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eef_tasks.dpo import DPOError, train_dpo
+    from eef_tasks.engines import SamplingConfig
+    from eef_tasks.engines.hf import HFEngine
+    from eef_tasks.engines.vllm import VLLMError, adapter_fingerprint
+    from eef_tasks.pipeline.settings import RunConfig
+
+    config = CONFIG.model_copy(update={"finetune": "full", "learning_rate": 1e-4})
+    out = tmp_path / RUN / "bc-it0"
+    info = train_adapter(db, RUN, 0, "bc", out, config, progress=False)
+    assert models.is_full_checkpoint(out) and not (out / "adapter_config.json").exists()
+    record = read_train_record(out)
+    base = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32)
+    assert record["finetune"] == "full" and record["trainable_parameters"] == sum(p.numel() for p in base.parameters())
+    assert info.n_optimizer_steps == 2
+
+    # float32 master weights on disk, and every decoder projection moved
+    weights = load_file(out / "model.safetensors")
+    base_state = base.state_dict()
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.29.mlp.down_proj.weight"):
+        assert not torch.equal(weights[name], base_state[name]), name
+
+    tokenizer = AutoTokenizer.from_pretrained(BASE)
+    encoded = [encode_chat(tokenizer, turns, 256) for _, turns in load_training_chats(db, RUN, 0, "bc")]
+    model, _ = load_policy(None, out, dtype="float32")
+    assert mean_loss(model, encoded, tokenizer.pad_token_id) < mean_loss(base, encoded, tokenizer.pad_token_id)
+
+    engine = HFEngine(None, out, max_batch_size=2)  # the folder is the model: no adapter on a base
+    assert engine.adapter_dir is None and Path(engine.model_path) == out.resolve()
+    chat = [{"role": "user", "content": "Your task is to boil water."}]
+    [generation] = engine.generate([(engine.session("a"), chat)], SamplingConfig(temperature=0.0, max_new_tokens=6))
+    assert generation.text.strip()
+
+    with pytest.raises(VLLMError, match="full fine-tuned model"):
+        adapter_fingerprint(out)
+    with pytest.raises(DPOError, match="full fine-tuned model"):
+        train_dpo(db, RUN, 0, tmp_path / "dpo", sft_adapter=out)
+    with pytest.raises(ValueError, match="finetune='full'"):
+        RunConfig(run_id="r", method="eef", n_sims=2, engine="vllm", train=config)

@@ -29,7 +29,7 @@ from typing import Any
 
 from eef_tasks.engines import Generation, SamplingConfig, Session
 from eef_tasks.envs.base import EnvError
-from eef_tasks.models import quiet_peft, resolve_model
+from eef_tasks.models import is_full_checkpoint, quiet_peft, resolve_model
 from eef_tasks.precision import choose_precision, load_causal_lm
 
 ENGINE_NAME = "hf"
@@ -64,6 +64,8 @@ class HFEngine:
 
         self.model_path = resolve_model(str(model_path) if model_path is not None else None)
         self.adapter_dir = str(adapter_dir) if adapter_dir else None
+        if is_full_checkpoint(self.adapter_dir):  # finetune='full': the trained folder is the whole model
+            self.model_path, self.adapter_dir = str(Path(self.adapter_dir).resolve()), None
         # dtype None: bf16 where the device multiplies it natively, else float32; SDPA attention
         self.precision = choose_precision(device, "auto" if dtype is None else str(dtype).removeprefix("torch."))
         self.device = torch.device(self.precision.device)

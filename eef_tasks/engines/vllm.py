@@ -69,6 +69,7 @@ from eef_tasks.credentials import clean_key
 from eef_tasks.engines import Generation, SamplingConfig, Session
 from eef_tasks.engines.replicas import ReplicaSet
 from eef_tasks.envs.base import EnvError
+from eef_tasks.models import is_full_checkpoint
 from eef_tasks.openai_http import OpenAIHTTP, RetryPolicy, error_message, redact_url
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,9 @@ def request_seed(session_seed: int, turn: int) -> int:
 def adapter_fingerprint(adapter_dir: str | Path) -> str:
     """sha256 (hex) of a LoRA adapter folder's config and weights."""
     folder = Path(adapter_dir)
+    if is_full_checkpoint(folder):
+        raise VLLMError(f"{folder} is a full fine-tuned model (finetune='full'), not a LoRA adapter: the vllm engine "
+                        "serves LoRA adapters on its base model; use engine=hf, or serve that folder as the model")
     config = folder / "adapter_config.json"
     weights = next((folder / n for n in ADAPTER_WEIGHTS if (folder / n).is_file()), None)
     if not config.is_file() or weights is None:

@@ -103,6 +103,10 @@ class RunConfig(BaseModel):
                 registry.task_name_filter(self.env, self.task_names)
             except EnvError as exc:
                 raise ValueError(str(exc)) from None
+        if self.train.finetune == "full" and (self.engine == "vllm" or self.method in ("eto", "eef+dpo")):
+            why = "the vllm engine" if self.engine == "vllm" else f"{self.method}'s DPO phase"
+            raise ValueError(f"train.finetune='full' writes whole models, and {why} works on LoRA adapters: "
+                             "use finetune='lora' or engine='hf'")
         if self.report_split is not None and self.report_split == self.eval_split:
             raise ValueError(f"report_split {self.report_split!r} is eval_split already: leave it empty or use the other split")
         if self.search == "binary":
