@@ -56,6 +56,23 @@ def test_method_and_m_must_agree() -> None:
         pipeline.preset_config("tiny", "d", iterations=-1)
 
 
+def test_a_dotted_setting_changes_one_training_field_and_keeps_the_presets_others() -> None:
+    """`--set train.finetune=full` on top of the cpu preset's train section; bad dotted keys are one line."""
+    cpu = pipeline.preset_config("cpu", "c")
+    full = pipeline.preset_config("cpu", "c", **{"train.finetune": "full", "train.learning_rate": 1e-4, "dpo.beta": 0.2})
+    assert (full.train.finetune, full.train.learning_rate, full.dpo.beta) == ("full", 1e-4, 0.2)
+    assert full.train.model_dump(exclude={"finetune", "learning_rate"}) == cpu.train.model_dump(exclude={"finetune", "learning_rate"})
+    assert full.dpo.epochs == cpu.dpo.epochs == 3
+    with pytest.raises(PipelineError, match="dotted keys name one field of train or dpo"):
+        pipeline.preset_config("cpu", "c", **{"model.name": "x"})
+    with pytest.raises(PipelineError, match="run settings, train.nope"):
+        pipeline.preset_config("cpu", "c", **{"train.nope": 1})
+    with pytest.raises(PipelineError, match="finetune='full' writes whole models, and the vllm engine"):
+        pipeline.preset_config("cpu", "c", engine="vllm", **{"train.finetune": "full"})
+    with pytest.raises(PipelineError, match="eef\\+dpo's DPO phase"):
+        pipeline.preset_config("cpu", "c", "eef+dpo", **{"train.finetune": "full"})
+
+
 def test_task_names_are_checked_when_the_run_is_set_up() -> None:
     """A misspelt task name, or names on an env whose tasks have none (WebShop), is one line from the
     settings, before a store, a server or a game is touched."""

@@ -156,11 +156,23 @@ def validation_message(exc: ValidationError) -> str:
     return f"run settings, {where}: {problem['msg'].removeprefix('Value error, ')}"
 
 
+NESTED_SETTINGS = ("train", "dpo")  # the run settings that are sections of fields (--set train.lora_r=8)
+
+
 def preset_config(preset: str, run_id: str, method: str = "eef", **overrides: Any) -> RunConfig:
     """The RunConfig of a preset for run `run_id` (rft, eto and binary search: M = 0; sft-all, nat: M = 0
     and no iterations after iteration 0), with `overrides` applied."""
+    nested = {k: v for k, v in overrides.items() if "." in k}
+    overrides = {k: v for k, v in overrides.items() if "." not in k}
     values = {**presets.settings_of(preset, _task_env_of(overrides.get("env", "scienceworld"))),
               "run_id": run_id, "method": method, **overrides}
+    for key, value in nested.items():  # train.finetune=full: one field of a section, the preset's others kept
+        section, _, field = key.partition(".")
+        if section not in NESTED_SETTINGS or not field or "." in field:
+            raise PipelineError(f"setting {key!r}: dotted keys name one field of {' or '.join(NESTED_SETTINGS)}, "
+                                "e.g. train.finetune")
+        current = values.get(section) or {}
+        values[section] = {**(current.model_dump() if isinstance(current, BaseModel) else current), field: value}
     if method in ("rft", "eto", *OFFLINE_METHODS) or values.get("search") == "binary":
         values["n_sims"] = 0
     if method in OFFLINE_METHODS:
