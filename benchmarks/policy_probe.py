@@ -44,18 +44,19 @@ KEYS = {"lr": ("learning_rate", float), "epochs": ("epochs", int), "r": ("lora_r
 SAMPLING_KEYS = {"temp": ("temperature", float), "top_p": ("top_p", float)}
 
 
-def parse_setting(text: str) -> dict:
-    values = {}
+def parse_setting(text: str) -> tuple[dict, dict]:
+    """(TrainConfig fields, sampling fields) of one --setting."""
+    training, sampling = {}, {}
     for part in text.split(","):
         key, _, value = part.partition("=")
         if key not in KEYS and key not in SAMPLING_KEYS:
             raise SystemExit(f"--setting: unknown key {key!r}: one of {', '.join([*KEYS, *SAMPLING_KEYS])}")
-        name, kind = KEYS.get(key) or SAMPLING_KEYS[key]
+        into, (name, kind) = (training, KEYS[key]) if key in KEYS else (sampling, SAMPLING_KEYS[key])
         try:
-            values[name] = kind(value)
+            into[name] = kind(value)
         except ValueError:
             raise SystemExit(f"--setting: {key}={value!r} is not a {kind.__name__}") from None
-    return values
+    return training, sampling
 
 
 CHECKPOINT_SUCCESS = """
@@ -80,7 +81,7 @@ def _first_experts(episodes: list, limit: int | None) -> list:
     return [e for e in episodes if keep is None or e.branch_traj_id in keep]
 
 
-def probe(db: str, name: str, overrides: dict, args, trained: dict) -> dict:
+def probe(db: str, name: str, overrides: dict, sampling_over: dict, args, trained: dict) -> dict:
     """One setting's row. `trained` maps a training config (JSON) to the adapter and row fields of a
     setting already probed in this invocation: settings that differ only in sampling share it."""
     run = f"probe-{name}"
@@ -88,7 +89,6 @@ def probe(db: str, name: str, overrides: dict, args, trained: dict) -> dict:
     with store.writer(db) as con:
         bc = selection.select_examples(con, run, 0, "bc", n_sims=args.sims)
     row["bc_examples"] = bc.n_examples
-    sampling_over = {k: overrides.pop(k) for k in [v[0] for v in SAMPLING_KEYS.values()] if k in overrides}
     config = TrainConfig(**{"epochs": 3, "learning_rate": 5e-4, "batch_size": 8, "micro_batch": 4,
                             "max_length": 1024, **overrides})
     key = config.model_dump_json()
@@ -205,7 +205,7 @@ def main() -> None:
     trained: dict = {}
     for text in args.setting:
         name = text.replace(",", "_").replace("=", "")
-        row = probe(args.db, name, parse_setting(text), args, trained)
+        row = probe(args.db, name, *parse_setting(text), args, trained)
         print(json.dumps(row), flush=True)
         if args.out:
             with open(args.out, "a") as fh:

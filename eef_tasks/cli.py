@@ -111,6 +111,11 @@ class TrainMethod(str, Enum):
     dpo = "dpo"  # DPO (TRL) on the preference pairs of an eef/rft training set, from its SFT adapter
 
 
+class Finetune(str, Enum):  # TrainConfig.finetune
+    lora = "lora"
+    full = "full"
+
+
 class PromptTag(str, Enum):
     positive = "positive"
     negative = "negative"
@@ -423,7 +428,7 @@ def train(
     max_length: Annotated[int | None, typer.Option("--max-length")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
-    finetune: Annotated[str | None, typer.Option(
+    finetune: Annotated[Finetune | None, typer.Option(
         "--finetune", help="lora (default): a LoRA adapter; full: every weight (the folder is then a whole model)")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing adapter")] = False,
 ) -> None:
@@ -451,11 +456,10 @@ def train(
         return
     if beta is not None or sft_adapter is not None:
         raise UserError("--beta and --sft-adapter are options of --method dpo")
-    if finetune not in (None, "lora", "full"):
-        raise UserError(f"--finetune {finetune!r}: lora or full")
 
     given = {"epochs": epochs, "learning_rate": lr, "batch_size": batch_size, "micro_batch": micro_batch,
-             "max_length": max_length, "max_steps": max_steps, "seed": seed, "finetune": finetune}
+             "max_length": max_length, "max_steps": max_steps, "seed": seed,
+             "finetune": finetune.value if finetune else None}
     config = training.TrainConfig(**{key: value for key, value in given.items() if value is not None})
     out_dir = out_dir or training.default_adapter_dir(run, iteration, method.value)
     with interrupt.doing(f"train of {run} iteration {iteration}"):

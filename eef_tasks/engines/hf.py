@@ -62,10 +62,11 @@ class HFEngine:
         import torch
         from transformers import AutoTokenizer
 
-        self.model_path = resolve_model(str(model_path) if model_path is not None else None)
-        self.adapter_dir = str(adapter_dir) if adapter_dir else None
-        if is_full_checkpoint(self.adapter_dir):  # finetune='full': the trained folder is the whole model
-            self.model_path, self.adapter_dir = str(Path(self.adapter_dir).resolve()), None
+        if is_full_checkpoint(adapter_dir):  # finetune='full': the trained folder is the whole model
+            self.model_path, self.adapter_dir = str(Path(adapter_dir).resolve()), None
+        else:  # (the default base is converted on first use: only when it is the model)
+            self.model_path = resolve_model(str(model_path) if model_path is not None else None)
+            self.adapter_dir = str(adapter_dir) if adapter_dir else None
         # dtype None: bf16 where the device multiplies it natively, else float32; SDPA attention
         self.precision = choose_precision(device, "auto" if dtype is None else str(dtype).removeprefix("torch."))
         self.device = torch.device(self.precision.device)
