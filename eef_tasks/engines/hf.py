@@ -43,6 +43,113 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+_GQA_ATTENTION = "eef_sdpa_gqa"
+
+
+def _use_gqa_sdpa(model: Any) -> None:
+    """Let the engine's model attend with `scaled_dot_product_attention(..., enable_gqa=True)` on CPU.
+
+    transformers' sdpa path copies the 3 key/value heads out to SmolLM2's 9 query heads whenever a
+    mask is given (it always is here: the batch's caches are left-padded), because its CUDA flash
+    kernels cannot mask grouped queries; the CPU kernel can, with the same result: 1.4x to 4.5x
+    faster per attention call for batches of 4 to 16 one-token queries over 1,100 keys, 2.8x for 64
+    new tokens (measured, stop 28). Only this engine's model: training keeps transformers' sdpa."""
+    import torch
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    def attend(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
+               scaling: float | None = None, is_causal: bool | None = None, **kwargs: Any) -> tuple[Any, None]:
+        if attention_mask is not None:
+            attention_mask = attention_mask[:, :, :, : key.shape[-2]]
+        causal = query.shape[2] > 1 and attention_mask is None and (
+            is_causal if is_causal is not None else getattr(module, "is_causal", True))
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, is_causal=causal,
+            enable_gqa=key.shape[1] != query.shape[1],
+        )
+        return out.transpose(1, 2).contiguous(), None
+
+    AttentionInterface.register(_GQA_ATTENTION, attend)
+    AttentionMaskInterface.register(_GQA_ATTENTION, sdpa_mask)
+    model.set_attn_implementation(_GQA_ATTENTION)
+
+
+_NUCLEUS_K = 1024  # candidates searched for the top-p nucleus before sorting the whole vocabulary
+
+
+def _buffer_layer_class() -> type:
+    """A transformers cache layer over preallocated `[batch, heads, capacity, dim]` buffers: `update`
+    writes the new keys and values in place after the used slots and returns views of the used
+    slots, so a decode step costs no copy of the whole cache (DynamicLayer concatenates)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class BufferLayer(DynamicLayer):
+        def __init__(self, keys: Any, values: Any, length: int, capacity: int | None = None) -> None:
+            super().__init__()
+            self.buf_k, self.buf_v, self.length = keys, values, length
+            self.capacity = keys.shape[2] if keys is not None else int(capacity or 0)
+            if keys is not None:
+                self.device, self.is_initialized = keys.device, True
+                self.keys, self.values = keys[:, :, :length], values[:, :, :length]
+
+        def lazy_initialization(self, key_states: Any, value_states: Any) -> None:
+            import torch
+
+            b, h, _, d = key_states.shape
+            self.device = key_states.device
+            self.buf_k = torch.zeros((b, h, self.capacity, d), dtype=key_states.dtype, device=self.device)
+            self.buf_v = torch.zeros((b, h, self.capacity, value_states.shape[3]), dtype=value_states.dtype,
+                                     device=self.device)
+            self.is_initialized = True
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = key_states.shape[-2]
+            if self.length + n > self.capacity:
+                raise RuntimeError(f"KV buffer of {self.capacity} slots overflows at {self.length + n}")
+            self.buf_k[:, :, self.length : self.length + n] = key_states
+            self.buf_v[:, :, self.length : self.length + n] = value_states
+            self.length += n
+            self.keys, self.values = self.buf_k[:, :, : self.length], self.buf_v[:, :, : self.length]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.length
+
+    return BufferLayer
+
+
+def _BufferLayer(keys: Any, values: Any, length: int, capacity: int | None = None) -> Any:  # noqa: N802
+    global _BUFFER_LAYER
+    if _BUFFER_LAYER is None:
+        _BUFFER_LAYER = _buffer_layer_class()
+    return _BUFFER_LAYER(keys, values, length, capacity)
+
+
+_BUFFER_LAYER: Any = None
+
+
+def nucleus(probs: Any, top_p: float, k: int | None = None) -> Any:
+    """`probs` (rows of distributions) with everything outside each row's top-p nucleus zeroed, in
+    vocabulary order: the nucleus is every token at least as likely as the least likely of the
+    smallest set of most likely tokens whose mass reaches `top_p` (ties at that edge all kept).
+
+    That edge is found among the `k` most likely tokens when their mass reaches top_p (nearly
+    always; a sort of the whole vocabulary is the fallback): a top-k of 1,024 instead of a sort of
+    49,152 per decode step. The draw stays over the whole vocabulary in its own order: a draw in
+    sorted order would hand a generator's numbers to other tokens whenever batched floating-point
+    noise reorders near-ties, and one sample would depend on its batch-mates."""
+    k = min(_NUCLEUS_K if k is None else k, probs.shape[-1])
+    cand = probs.topk(k, dim=-1).values
+    if k < probs.shape[-1] and bool((cand.sum(dim=-1) < top_p).any()):
+        cand = probs.sort(dim=-1, descending=True).values
+    n_keep = ((cand.cumsum(dim=-1) - cand) < top_p).sum(dim=-1, keepdim=True)
+    floor = cand.gather(-1, n_keep.clamp(min=1) - 1)
+    return probs.masked_fill(probs < floor, 0.0)
+
+
 class HFEngine:
     """A transformers causal LM (optionally with a LoRA adapter) sampling many chats at once."""
 
@@ -82,7 +189,10 @@ class HFEngine:
             if merge_adapter:
                 model = model.merge_and_unload()
         self.model = model.to(self.device).eval()
+        if self.device.type == "cpu" and self.precision.attn_implementation == "sdpa":
+            _use_gqa_sdpa(self.model)
         self.max_batch_size = max_batch_size
+        self.n_layers = int(self.model.config.num_hidden_layers)
         tok = self.tokenizer
         stop = {tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id}
         gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
@@ -147,23 +257,25 @@ class HFEngine:
             new.append(list(target[n:]))
         max_l, max_n = max(keep), max(len(x) for x in new)
 
-        # batch cache: row r's cached slots right-aligned in [0, max_l)
+        # batch cache: row r's cached slots right-aligned in [0, max_l), in buffers with room for the
+        # new tokens and the replies (written in place: no per-step concatenation of the whole cache)
+        capacity = max_l + max_n + sampling.max_new_tokens
         cache = DynamicCache()
         if max_l > 0:
             ref = next(s.cache for (s, _), n in zip(requests, keep, strict=True) if n > 0)
             layers = []
             for li, (k0, v0) in enumerate(ref):
-                shape_k = (B, k0.shape[1], max_l, k0.shape[3])
-                shape_v = (B, v0.shape[1], max_l, v0.shape[3])
-                k = torch.zeros(shape_k, dtype=k0.dtype, device=dev)
-                v = torch.zeros(shape_v, dtype=v0.dtype, device=dev)
+                k = torch.zeros((B, k0.shape[1], capacity, k0.shape[3]), dtype=k0.dtype, device=dev)
+                v = torch.zeros((B, v0.shape[1], capacity, v0.shape[3]), dtype=v0.dtype, device=dev)
                 for r, ((session, _), n) in enumerate(zip(requests, keep, strict=True)):
                     if n > 0:
                         sk, sv = session.cache[li]
-                        k[r, :, max_l - n :] = sk[0, :, :n]
-                        v[r, :, max_l - n :] = sv[0, :, :n]
-                layers.append((k, v))
-            cache = DynamicCache(ddp_cache_data=layers)
+                        k[r, :, max_l - n : max_l] = sk[0, :, :n]
+                        v[r, :, max_l - n : max_l] = sv[0, :, :n]
+                layers.append(_BufferLayer(k, v, max_l))
+            cache.layers = layers
+        else:
+            cache.layers = [_BufferLayer(None, None, 0, capacity) for _ in range(self.n_layers)]
 
         mask = torch.zeros((B, max_l + max_n), dtype=torch.long, device=dev)
         input_ids = torch.full((B, max_n), self.pad_id, dtype=torch.long, device=dev)
@@ -215,7 +327,7 @@ class HFEngine:
                 next_pos = next_pos + alive
 
         # cut each row's cache back out (only unmasked slots, in order)
-        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        layers = [(layer.keys, layer.values) for layer in cache.layers]  # views of the used slots
         results = []
         for r, (session, target) in enumerate(requests):
             idx = mask[r].nonzero().squeeze(1)
@@ -235,21 +347,18 @@ class HFEngine:
 
     @staticmethod
     def _sample(logits: Any, generators: list[Any], sampling: SamplingConfig) -> list[int]:
+        """One token per row: greedy at temperature 0, else a draw from the temperature-scaled
+        distribution cut to its top-p nucleus (the smallest set of most likely tokens whose mass
+        reaches top_p), with each row's own generator."""
         import torch
 
         if sampling.temperature == 0:
             return logits.argmax(dim=-1).tolist()
         probs = torch.softmax(logits / sampling.temperature, dim=-1)
-        if sampling.top_p < 1.0:
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            cum = sorted_p.cumsum(dim=-1)
-            drop = cum - sorted_p > sampling.top_p  # keep the smallest set reaching top_p
-            sorted_p = sorted_p.masked_fill(drop, 0.0)
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-        out = []
-        for r, gen in enumerate(generators):
-            out.append(int(torch.multinomial(probs[r].cpu(), 1, generator=gen).item()))
-        return out
+        if sampling.top_p >= 1.0:
+            return [int(torch.multinomial(probs[r], 1, generator=gen).item()) for r, gen in enumerate(generators)]
+        probs = nucleus(probs, sampling.top_p)
+        return [int(torch.multinomial(probs[r], 1, generator=gen).item()) for r, gen in enumerate(generators)]
 
     def plain_generate(self, messages: Sequence[dict[str, str]], max_new_tokens: int) -> list[int]:
         """Reference: greedy `model.generate` on the full history, no cache reuse (tests, benchmark)."""
@@ -264,4 +373,4 @@ class HFEngine:
         return out[0, ids.shape[1] :].tolist()
 
 
-__all__ = ["ENGINE_NAME", "HFEngine"]
+__all__ = ["ENGINE_NAME", "HFEngine", "nucleus"]
