@@ -149,6 +149,96 @@ def prefill_section(args, model_path: Path) -> None:
               f"{rows[1]['wall'] / rows[0]['wall']:.2f}x")
 
 
+def _timed(fn, repeats: int) -> float:
+    walls = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        walls.append(time.perf_counter() - t0)
+    return statistics.median(walls)
+
+
+def decode_bytes(model, rows: int, cached: int) -> int:
+    """Bytes one decode step must read: every weight once (the embedding's single rows aside; a
+    tied head is the embedding matrix, read once) and every row's cached keys and values."""
+    cfg = model.config
+    weights = {p.data_ptr(): p.numel() * p.element_size() for p in model.parameters()}
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    element = next(model.parameters()).element_size()
+    return sum(weights.values()) + cfg.num_hidden_layers * 2 * rows * kv_heads * cached * head_dim * element
+
+
+def run_decode(engine: HFEngine, baseline, rows: int, turns: int, new_tokens: int, repeats: int) -> dict:
+    """Decode of `rows` conversations over ~1k-token caches: the engine's turn of `new_tokens`
+    tokens minus its turn of one token (the prefill of the new tokens, the cache gathering and the
+    first token cancel), per extra token; the same for transformers' `generate` on the same prompts
+    (left-padded, its default cache and SDPA attention), the baseline."""
+    import torch
+
+    convs = prefill_chats(rows, turns)
+    turn = [{"role": "assistant", "content": "Thought: I look.\nAction: look around"},
+            {"role": "user", "content": observation_text("You see a door.")}]
+    stops, engine.stop_ids = engine.stop_ids, set()  # every row decodes the full length
+    try:
+        def engine_turn(n: int) -> None:
+            sessions = [engine.session(f"d{rows}-{i}", i) for i in range(rows)]
+            engine.generate(list(zip(sessions, convs, strict=True)), SamplingConfig(0.0, 1.0, 1))
+            t0 = time.perf_counter()
+            engine.generate([(s, c + turn) for s, c in zip(sessions, convs, strict=True)],
+                            SamplingConfig(0.7, 0.95, n))
+            return time.perf_counter() - t0
+
+        def median_turn(n: int) -> float:
+            return statistics.median(engine_turn(n) for _ in range(repeats))
+
+        t1, tn = median_turn(1), median_turn(new_tokens)
+    finally:
+        engine.stop_ids = stops
+    cached = max(len(engine.prompt_ids(c + turn)) for c in convs)
+    tok = engine.tokenizer
+    tok.padding_side = "left"
+    batch = tok([engine.render(c + turn) for c in convs], return_tensors="pt", padding=True, add_special_tokens=False)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def generate(n: int) -> None:
+        with torch.inference_mode():
+            baseline.generate(**batch, max_new_tokens=n, min_new_tokens=n, do_sample=True, temperature=0.7,
+                              top_p=0.95, pad_token_id=pad)
+
+    b1, bn = _timed(lambda: generate(1), repeats), _timed(lambda: generate(new_tokens), repeats)
+    step, base_step = (tn - t1) / (new_tokens - 1), (bn - b1) / (new_tokens - 1)
+    return {"rows": rows, "cached": cached, "step_s": step, "tokens_s": rows / step, "baseline_step_s": base_step,
+            "baseline_tokens_s": rows / base_step, "bytes_per_step": decode_bytes(engine.model, rows, cached)}
+
+
+def decode_section(args, model_path: Path) -> None:
+    import torch
+
+    from eef_tasks.precision import choose_precision, load_causal_lm
+
+    bw_runs = [peak_mod.memory_bandwidth()]
+    engine = HFEngine(model_path, device=args.device, max_batch_size=max(args.decode_batches))
+    baseline = load_causal_lm(engine.model_path, choose_precision(args.device)).eval()  # transformers' own SDPA
+    rows = []
+    for b in args.decode_batches:
+        rows.append(run_decode(engine, baseline, b, args.prefill_turns, args.max_new_tokens, args.repeats))
+        print("decode", rows[-1], flush=True)
+    bw_runs.append(peak_mod.memory_bandwidth())
+    bw = statistics.median(s for r in bw_runs for s in r["samples"])
+    print(f"\ndecode, {engine.precision.dtype}, {torch.get_num_threads()} thread(s), {args.max_new_tokens} tokens per turn; "
+          f"memory bandwidth measured in this run (copy of {bw_runs[0]['mib']} MiB, read + write, median of "
+          f"{sum(len(r['samples']) for r in bw_runs)} samples before and after): {bw:,.1f} GB/s\n")
+    print("| rows | cached tokens | engine ms / step | engine tokens/s | transformers generate ms / step | "
+          "generate tokens/s | engine / generate | MB read per step | of memory bandwidth |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['rows']} | {r['cached']:,} | {r['step_s'] * 1e3:.1f} | {r['tokens_s']:.1f} | "
+              f"{r['baseline_step_s'] * 1e3:.1f} | {r['baseline_tokens_s']:.1f} | "
+              f"{r['baseline_step_s'] / r['step_s']:.2f}x | {r['bytes_per_step'] / 1e6:,.0f} | "
+              f"{r['bytes_per_step'] / r['step_s'] / 1e9 / bw:.0%} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=32)
@@ -162,12 +252,17 @@ def main() -> None:
     parser.add_argument("--dtypes", type=lambda v: v.split(","), default=["bfloat16", "float32"])
     parser.add_argument("--repeats", type=int, default=3, help="prefill repeats (median)")
     parser.add_argument("--prefill-only", action="store_true", help="only the prefill table")
+    parser.add_argument("--decode-only", action="store_true",
+                        help="only the decode table: engine vs transformers generate, against memory bandwidth")
+    parser.add_argument("--decode-batches", type=lambda v: [int(x) for x in v.split(",")], default=[4, 8, 16])
     args = parser.parse_args()
 
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.decode_only:
+        return decode_section(args, default_model_path())
     prefill_section(args, default_model_path())
     if args.prefill_only:
         return

@@ -61,6 +61,26 @@ def matmul_peak(dtype: str, size: int = 2048, repeats: int = 5, device: str = "c
     return {"dtype": dtype, "size": size, "gflops": statistics.median(samples), "samples": samples}
 
 
+def memory_bandwidth(mib: int = 512, repeats: int = 5, device: str = "cpu") -> dict[str, Any]:
+    """Median GB/s of `copy_` between two `mib`-MiB buffers, counting the bytes read and written:
+    the bound of a decode step, which reads every weight and cached key and value once per token."""
+    import torch  # heavy: benchmarks only
+
+    n = mib * 2**20
+    src = torch.ones(n, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    dst.copy_(src)
+    sync()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        sync()
+        samples.append(2 * n / (time.perf_counter() - t0) / 1e9)
+    return {"mib": mib, "gb_s": statistics.median(samples), "samples": samples}
+
+
 def peaks(size: int = 2048, repeats: int = 5, device: str = "cpu") -> dict[str, dict[str, Any]]:
     return {d: matmul_peak(d, size, repeats, device) for d in DTYPE_NAMES}
 

@@ -15,7 +15,9 @@ are masked out (2-D attention mask with holes) while `position_ids` continue eac
 positions. No query ever sees only masked keys (so no NaNs from fully masked rows); the first
 sampled token of each row is read from the hidden state of its own last new token. The decode loop
 then feeds one token per row (finished rows feed a masked pad) until every row produced the
-end-of-turn token or `max_new_tokens`. Afterwards each row's cache is cut back out of the batch
+end-of-turn token or `max_new_tokens`. The batch's keys and values live in buffers sized for the
+whole call (`BufferLayer`): each step writes its token in place instead of concatenating the whole
+cache, and on CPU attention runs SDPA on the 3 key/value heads directly (`_use_gqa_sdpa`). Afterwards each row's cache is cut back out of the batch
 (only unmasked slots), so the next call may batch any other set of conversations. Sampling uses one
 `torch.Generator` per conversation, so a sample does not depend on its batch-mates (up to
 floating-point differences of batched matmuls).
