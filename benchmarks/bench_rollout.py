@@ -161,12 +161,10 @@ def _timed(fn, repeats: int) -> float:
 def decode_bytes(model, rows: int, cached: int) -> int:
     """Bytes one decode step must read: every weight once (the embedding's single rows aside; a
     tied head is the embedding matrix, read once) and every row's cached keys and values."""
-    cfg = model.config
+    sizes = peak_mod.model_sizes(model)
     weights = {p.data_ptr(): p.numel() * p.element_size() for p in model.parameters()}
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     element = next(model.parameters()).element_size()
-    return sum(weights.values()) + cfg.num_hidden_layers * 2 * rows * kv_heads * cached * head_dim * element
+    return sum(weights.values()) + sizes["layers"] * 2 * rows * sizes["kv_width"] * cached * element
 
 
 def run_decode(engine: HFEngine, baseline, rows: int, turns: int, new_tokens: int, repeats: int) -> dict:
@@ -181,7 +179,7 @@ def run_decode(engine: HFEngine, baseline, rows: int, turns: int, new_tokens: in
             {"role": "user", "content": observation_text("You see a door.")}]
     stops, engine.stop_ids = engine.stop_ids, set()  # every row decodes the full length
     try:
-        def engine_turn(n: int) -> None:
+        def engine_turn(n: int) -> float:
             sessions = [engine.session(f"d{rows}-{i}", i) for i in range(rows)]
             engine.generate(list(zip(sessions, convs, strict=True)), SamplingConfig(0.0, 1.0, 1))
             t0 = time.perf_counter()

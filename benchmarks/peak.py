@@ -132,7 +132,7 @@ def merge_peaks(*runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def model_sizes(model: Any) -> dict[str, int]:
-    """N_body, N_lora, N_head, layers and attention width of a (peft-wrapped) causal LM."""
+    """N_body, N_lora, N_head, layers, attention width and key/value width of a (peft-wrapped) causal LM."""
     import torch  # heavy: benchmarks only
 
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -147,8 +147,10 @@ def model_sizes(model: Any) -> dict[str, int]:
             body += module.in_features * module.out_features
     cfg = lm.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     return {"n_body": body, "n_lora": lora, "n_head": head.in_features * head.out_features,
-            "layers": cfg.num_hidden_layers, "attn_width": cfg.num_attention_heads * head_dim}
+            "layers": cfg.num_hidden_layers, "attn_width": cfg.num_attention_heads * head_dim,
+            "kv_width": kv_heads * head_dim}
 
 
 def transformer_flops(sizes: dict[str, int], lengths: list[int], head_positions: int, *,
