@@ -457,6 +457,10 @@ def train_adapter(
         total_steps = min(total_steps, config.max_steps)
     scheduler = _scheduler(optimizer, config, total_steps)
 
+    logger.info("%s %s it%d: %d examples, %d optimizer steps, %s on %s%s%s%s", run_id, method, iteration, len(encoded),
+                total_steps, precision.dtype, precision.device, ", checkpointing" if checkpointing else "",
+                f", {compiled_layers} compiled layers" if compiled_layers else "",
+                f", rank {rank} of {world}" if world > 1 else "")
     rng = random.Random(config.seed)
     losses: list[float] = []
     step = 0

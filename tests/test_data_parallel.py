@@ -17,11 +17,17 @@ pytest.importorskip("accelerate")
 from eef_tasks.training import TrainConfig, read_train_record  # noqa: E402
 from test_training import RUN, db  # noqa: E402,F401  (the module's store fixture)
 
-# Opt-in (EEF_TEST_DATA_PARALLEL=1): three trainings in fresh processes, ~1-2.5 min on 2 cores, which
-# the CI budget (30 min for the whole suite) does not leave room for.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900),
-              pytest.mark.skipif(__import__("os").environ.get("EEF_TEST_DATA_PARALLEL") != "1",
-                                 reason="opt-in (EEF_TEST_DATA_PARALLEL=1): over the CI budget")]
+# Opt-in (EEF_TEST_DATA_PARALLEL=1): the trainings in fresh processes, ~1.3 min for both on 2 quiet
+# cores, which the CI budget (30 min for the whole suite) does not leave room for.
+SLOW = [pytest.mark.slow, pytest.mark.timeout(900),
+        pytest.mark.skipif(__import__("os").environ.get("EEF_TEST_DATA_PARALLEL") != "1",
+                           reason="opt-in (EEF_TEST_DATA_PARALLEL=1): over the CI budget")]
+
+
+def slow(test):
+    for mark in SLOW:
+        test = mark(test)
+    return test
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).with_name("accelerate")
@@ -42,11 +48,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _train(db: Path, out: Path, processes: int) -> dict:
+def _train(db: Path, out: Path, processes: int, run: str = RUN, config: TrainConfig = CONFIG) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     script = out.parent / "train.py"
     script.write_text(SCRIPT)
-    args = [str(script), str(db), RUN, str(out), CONFIG.model_dump_json()]
+    args = [str(script), str(db), run, str(out), config.model_dump_json()]
     if processes == 1:
         cmd = [sys.executable, *args]
     else:
@@ -58,6 +64,7 @@ def _train(db: Path, out: Path, processes: int) -> dict:
     return read_train_record(out)
 
 
+@slow
 def test_two_processes_train_the_adapter_one_process_trains(db, tmp_path):  # noqa: F811
     from safetensors.torch import load_file
 
@@ -73,3 +80,120 @@ def test_two_processes_train_the_adapter_one_process_trains(db, tmp_path):  # no
         assert torch.allclose(a[name], b[name], rtol=1e-3, atol=1e-6), name
     # and training moved the weights: the comparison is not between two untouched adapters
     assert any(float(t.abs().max()) > 0 for n, t in a.items() if "lora_B" in n)
+
+
+def _rank_processes() -> list[int]:
+    """pids of live `eef_tasks.data_parallel` ranks (any test's)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"eef_tasks.data_parallel" in cmdline and b"-m" in cmdline and b"torch.distributed.run" not in cmdline:
+                pids.append(int(proc.name))
+    return pids
+
+
+@slow
+def test_the_pipelines_train_phase_in_two_processes(tmp_path):
+    """`train_processes=2`: the train phase, in its own phase process as the flows run it, starts two
+    torchrun ranks that train the adapter one process trains; the phase is marked once; a SIGTERM
+    mid-training stops the phase and leaves no rank behind; the rerun trains from scratch."""
+    import os
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    from eef_tasks import pipeline, store
+    from eef_tasks.records import StepRecord, TaskRecord, TrajectoryRecord, write_trajectories
+    config = CONFIG.model_copy(update={"max_length": 1024})  # ScienceWorld's prompt is ~600 tokens
+    tasks = ["scienceworld/boil/1", "scienceworld/melt/2", "scienceworld/freeze/3"]
+    db = tmp_path / "eef.duckdb"
+    with store.writer(db) as con:
+        write_trajectories(con, [
+            TrajectoryRecord(traj_id=f"e/{i}", task_id=t, source="expert", expert="gold", iteration=0,
+                             purpose="expert", reward=1.0 if i < 2 else 0.0,
+                             steps=[StepRecord(action=f"look at thing {k}", observation=f"You see thing {k}.")
+                                    for k in range(3 + i)])
+            for i, t in enumerate(tasks)
+        ], tasks=[TaskRecord(task_id=t, env="scienceworld", split="train", instruction=f"Your task is to {t[13:-2]}.")
+                  for t in tasks])
+    run = pipeline.RunConfig(run_id="dp", method="eef", n_sims=1, iterations=1, eval_split="dev", eval_limit=1,
+                             adapters_dir=str(tmp_path / "adapters"), train=config, train_processes=2)
+    pipeline.register_run(db, run)
+    assert pipeline.run_phase(db, "dp", 0, "select")["n_examples"] == 2
+
+    # stopped mid-training: the phase process goes with status 143, its ranks within seconds
+    cmd = [sys.executable, "-m", "eef_tasks.pipeline", "train", "--db", str(db), "--run", "dp", "--iteration", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "EEF_TORCH_THREADS": "2"})
+    seen: list[str] = []
+    for line in proc.stdout:  # until rank 0 has its model and starts the optimizer steps
+        seen.append(line)
+        if "rank0" in line and "optimizer steps" in line:
+            break
+    assert len(_rank_processes()) == 2, "".join(seen)[-3000:]
+    proc.send_signal(signal.SIGTERM)
+    out = "".join(seen) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, out[-3000:]
+    deadline = time.monotonic() + 30
+    while _rank_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _rank_processes() == []
+    assert (0, "train") not in pipeline.finished_phases(db, "dp")
+    assert not (tmp_path / "adapters" / "dp" / "bc-it0" / "adapter_config.json").exists()
+
+    logs: list[str] = []
+    summary = pipeline.run_phase_process(db, "dp", 0, "train", on_log=logs.append, env={"EEF_TORCH_THREADS": "2"})
+    assert summary["n_examples"] == 2 and summary["n_optimizer_steps"] == 2
+    assert any("2 data-parallel processes, 1 torch thread(s) each" in line for line in logs)
+    two = read_train_record(summary["adapter"])
+    assert two["data_parallel"] == {"processes": 2, "backend": "gloo"}
+    with store.reader(db) as con:
+        assert con.execute("SELECT count(*) FROM run_phases WHERE run_id = 'dp' AND phase = 'train'").fetchone() == (1,)
+    assert pipeline.run_phase(db, "dp", 0, "train")["skipped"] is True  # marked: not trained again
+
+    # one process on one thread, as each rank ran: the same kernels, so the same sums to float rounding
+    one = tmp_path / "one" / "bc-it0"
+    assert two["losses"] == pytest.approx(_train(db, one, 1, "dp", config)["losses"], rel=1e-4)
+    a, b = load_file(one / "adapter_model.safetensors"), load_file(Path(summary["adapter"]) / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and a
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=1e-3, atol=1e-6), name
+
+
+def test_a_rank_is_not_a_command_and_one_process_is_not_data_parallel(tmp_path, monkeypatch, capsys):
+    from eef_tasks.data_parallel import DataParallelError, _rank_errors, main, rank_threads, train_in_processes
+
+    job = tmp_path / "job.json"
+    job.write_text("{}")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main([str(job)]) == 2
+    assert "started by torchrun" in capsys.readouterr().err
+    with pytest.raises(DataParallelError, match="2 or more processes, not 1"):
+        train_in_processes(tmp_path / "eef.duckdb", "r", 0, "bc", tmp_path / "out", CONFIG, processes=1)
+    assert [rank_threads(t, 2) for t in (1, 2, 3, 8)] == [1, 1, 1, 4]
+    assert _rank_errors(["rank 1: X", "rank 0: X", "rank 0: Y"]) == "ranks 0, 1: X; rank 0: Y"
+
+
+@pytest.mark.timeout(300)
+def test_failing_ranks_fail_the_training_with_their_error_and_write_nothing(tmp_path):
+    """Real torchrun, two real ranks, a run with no examples: the ranks' own error comes back in
+    one DataParallelError, and no adapter folder is left."""
+    from eef_tasks import store
+    from eef_tasks.data_parallel import DataParallelError, train_in_processes
+
+    db = tmp_path / "eef.duckdb"
+    with store.writer(db):
+        pass
+    out = tmp_path / "adapters" / "bc-it0"
+    with pytest.raises(DataParallelError) as err:
+        train_in_processes(db, "nobody", 0, "bc", out, CONFIG, processes=2, threads=2)
+    text = str(err.value)
+    assert text.startswith("data-parallel training of nobody bc it0 in 2 processes failed (torchrun exit status 1)")
+    assert "\n" not in text and text.endswith("): ranks 0, 1: no training examples for run 'nobody', iteration 0, "
+                                            "method 'bc': run `eef select --run nobody --iteration 0 --method bc` first"), text
+    assert not out.exists()

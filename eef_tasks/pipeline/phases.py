@@ -307,8 +307,14 @@ def train(db, config: RunConfig, iteration: int, progress: Progress | None) -> d
                                      for e in record["examples"] + record.get("skipped", [])) == keys:
         return {"adapter": str(out), "n_examples": record["n_examples"], "final_loss": record["final_loss"],
                 "n_skipped": record.get("n_skipped", 0), "already_trained": True}
-    info = train_adapter(db, config.run_id, iteration, method, out, config.train, base_model=config.base_model,
-                         overwrite=True, progress=progress is None)
+    if config.train_processes > 1:
+        from eef_tasks.data_parallel import train_in_processes
+
+        info = train_in_processes(db, config.run_id, iteration, method, out, config.train,
+                                  base_model=config.base_model, processes=config.train_processes)
+    else:
+        info = train_adapter(db, config.run_id, iteration, method, out, config.train, base_model=config.base_model,
+                             overwrite=True, progress=progress is None)
     return {"adapter": info.path, "n_examples": info.n_examples, "n_supervised_tokens": info.n_supervised_tokens,
             "n_optimizer_steps": info.n_optimizer_steps, "final_loss": info.final_loss, "train_s": info.wall_s,
             "n_skipped": info.n_skipped}

@@ -18,7 +18,8 @@ from eef_tasks.training import TrainConfig
 
 # settings that may change between invocations of a registered run; every other setting is fixed
 MUTABLE_SETTINGS = frozenset({"iterations", "workers", "engine", "vllm_url", "served_model", "max_failed_fraction",
-                              "env_url", "runner", "ray_address", "ray_shards", "ray_gpus_per_shard"})
+                              "env_url", "runner", "ray_address", "ray_shards", "ray_gpus_per_shard",
+                              "train_processes"})
 
 
 # methods trained once, at iteration 0, on expert data only, in place of behaviour cloning (the paper's
@@ -88,6 +89,8 @@ class RunConfig(BaseModel):
                                     "this machine), ray://host:10001, or empty for a Ray instance started per phase")
     ray_shards: int = Field(2, ge=1, le=1024, description="runner ray: shards per rollout phase (workers are split over them)")
     ray_gpus_per_shard: float = Field(0.0, ge=0, description="runner ray: GPUs Ray gives each shard (a local model runs on it)")
+    train_processes: int = Field(1, ge=1, le=64, description="train phase: data-parallel processes (torchrun; gloo on CPU, "
+                                 "one GPU each with NCCL); the adapter is the one a single process trains")
     adapters_dir: str = Field("data/adapters", description="folder of the adapters, one per run and iteration, e.g. data/adapters/demo-eef/eef-it1")
     max_failed_fraction: float = Field(0.05, ge=0, le=1, description="episodes that may fail (crashed game) before a phase fails")
 
