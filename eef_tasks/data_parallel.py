@@ -1,10 +1,12 @@
-"""The pipeline's train phase in several processes: data-parallel LoRA training (DDP-style).
+"""The pipeline's train phase in several processes: data-parallel LoRA training (DDP-style, or
+with each decoder layer sharded over the ranks when `train.sharding` is fsdp).
 
 `train_in_processes` starts `processes` copies of this module under torchrun (torch's own
 launcher, what `accelerate launch` runs for a multi-process config); each is one rank of
 `training.train_adapter`, which joins them (`training.init_data_parallel`: gloo on CPU, NCCL on
 CUDA with one GPU per rank), gives each rank its share of every step's micro-batches and sums
-the LoRA gradients, so the adapter is the one a single process trains (to float rounding).
+the LoRA gradients, so the adapter is the one a single process trains (to float rounding);
+under FSDP the ranks also share the base weights (`training.shard_layers`).
 
 Who does what:
 - the ranks only *read* the store (read-only connections: DuckDB lets several processes read

@@ -104,6 +104,11 @@ class TrainConfig(BaseModel):
         "training on CPU where a C++ compiler is found (compile_default), else off. Measured on CPU: "
         "~1.3-1.4x tokens/s, 0.65x peak memory, and in bf16 it tracks float32 training where eager bf16 "
         "loses the first small updates (benchmarks/README.md, benchmarks/lora_numerics.py)")
+    sharding: Literal["auto", "none", "fsdp"] = Field(
+        default="auto", description="data parallel (several processes): none: each process holds the whole model "
+        "and the LoRA gradients are summed (DDP-style); fsdp: each decoder layer's weights are sharded over the "
+        "processes (torch FSDP2 fully_shard), for a base model that does not fit one device (LoRA only; "
+        "compile off); auto: fsdp under `accelerate launch` with an FSDP config (ACCELERATE_USE_FSDP), else none")
     too_long: Literal["skip", "error"] = Field(
         default="skip", description="an example whose supervised turns cannot fit max_length: skip it "
         "(counted in n_skipped and listed in the adapter's record) or stop training with its name")
@@ -423,10 +428,15 @@ def train_adapter(
         pad_id = 0  # padding is masked out of attention and loss, any id does
 
     rank, world = init_data_parallel(config.device)
+    full = config.finetune == "full"
+    fsdp = world > 1 and resolve_sharding(config) == "fsdp"
+    if fsdp and full:
+        raise TrainingError("sharding='fsdp' trains LoRA adapters only: full fine-tuning under FSDP is not supported yet")
+    if fsdp and config.compile:
+        raise TrainingError("sharding='fsdp' trains without torch.compile: set compile to false (or leave it unset)")
     precision, checkpointing = training_precision(config)
     device = torch.device(precision.device)
     _seed_everything(config.seed)
-    full = config.finetune == "full"
     # full fine-tuning: the weights themselves are trained, so they stay float32 (master weights) and
     # only the matmuls run in precision.dtype (autocast); a LoRA run keeps its frozen base in that dtype
     model = load_causal_lm(base, Precision(precision.device, "float32") if full else precision)
@@ -444,8 +454,10 @@ def train_adapter(
     model.train()
     if any(p.dtype != torch.float32 for p in model.parameters() if p.requires_grad):
         raise TrainingError("the trained weights are not float32" + ("" if full else ": this peft version does not upcast the LoRA weights"))
-    compiled = config.compile if config.compile is not None else compile_default(precision)
+    compiled = config.compile if config.compile is not None else (not fsdp and compile_default(precision))
     compiled_layers = compile_layers(model) if compiled else 0
+    sharded = shard_layers(model) if fsdp else []
+    sharded_layers = len(sharded)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -457,9 +469,10 @@ def train_adapter(
         total_steps = min(total_steps, config.max_steps)
     scheduler = _scheduler(optimizer, config, total_steps)
 
-    logger.info("%s %s it%d: %d examples, %d optimizer steps, %s on %s%s%s%s", run_id, method, iteration, len(encoded),
-                total_steps, precision.dtype, precision.device, ", checkpointing" if checkpointing else "",
+    logger.info("%s %s it%d: %d examples, %d optimizer steps, %s on %s%s%s%s%s", run_id, method, iteration,
+                len(encoded), total_steps, precision.dtype, precision.device, ", checkpointing" if checkpointing else "",
                 f", {compiled_layers} compiled layers" if compiled_layers else "",
+                f", {sharded_layers} layers sharded (FSDP)" if sharded_layers else "",
                 f", rank {rank} of {world}" if world > 1 else "")
     rng = random.Random(config.seed)
     losses: list[float] = []
@@ -474,12 +487,24 @@ def train_adapter(
                 group = batches[g : g + config.accumulation_steps]
                 n_tokens = sum(_n_loss_tokens(encoded[i]) for b in group for i in b)
                 total = 0.0
-                for b in group[rank::world]:  # data parallel: each process its share of the step's micro-batches
+                mine = group[rank::world]  # data parallel: each process its share of the step's micro-batches
+                if fsdp:
+                    # every rank runs as many passes as the busiest one (FSDP's all-gathers are collective);
+                    # a rank short of micro-batches repeats one with its loss multiplied by 0
+                    passes = [(b, 1.0) for b in mine] + [(group[0], 0.0)] * (math.ceil(len(group) / world) - len(mine))
+                else:
+                    passes = [(b, 1.0) for b in mine]
+                for k, (b, weight) in enumerate(passes):
+                    for layer in sharded:  # FSDP: gradients reduce-scattered once, after the step's last pass
+                        layer.set_requires_gradient_sync(k == len(passes) - 1)
                     with precision.autocast():
-                        loss = _summed_loss(model, collate([encoded[i] for i in b], pad_id), device) / n_tokens
-                    loss.backward()
+                        loss = _summed_loss(model, collate([encoded[i] for i in b], pad_id), device) / n_tokens * weight
+                    # FSDP averages the processes' gradients: scaled by the process count, the mean is their sum
+                    (loss * world if fsdp else loss).backward()
                     total += float(loss.detach())
-                if world > 1:
+                if fsdp:  # the gradients were summed by FSDP's reduce-scatter: only the loss is left
+                    total = _sum_loss_across_processes(total, device)
+                elif world > 1:
                     total = _sum_across_processes(params, total, device)
                 if config.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -515,6 +540,7 @@ def train_adapter(
         "trainable_parameters": sum(p.numel() for p in params),
         "gradient_checkpointing": checkpointing,
         "compiled_layers": compiled_layers,
+        "sharded_layers": sharded_layers,
         "losses": losses,
         "examples": [
             {**asdict(k), "n_tokens": len(e), "n_supervised_tokens": e.n_supervised_tokens,
@@ -524,9 +550,11 @@ def train_adapter(
         "skipped": skipped,
     }
     if world > 1:
-        record["data_parallel"] = {"processes": world, "backend": torch.distributed.get_backend()}
+        record["data_parallel"] = {"processes": world, "backend": torch.distributed.get_backend(),
+                                   **({"sharding": "fsdp"} if fsdp else {})}
+    state_dict = gathered_trainable_state(model) if fsdp else None  # collective: every rank takes part
     if rank == 0:
-        write_adapter(out_dir, model, tokenizer, record, overwrite=overwrite)
+        write_adapter(out_dir, model, tokenizer, record, overwrite=overwrite, state_dict=state_dict)
     if world > 1:
         torch.distributed.barrier()  # the adapter is on disk before any process returns
     return info
@@ -549,6 +577,49 @@ def init_data_parallel(device: str | None = None) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def resolve_sharding(config: TrainConfig) -> str:
+    """'none' or 'fsdp': config.sharding, with 'auto' read off `accelerate launch`'s environment."""
+    if config.sharding != "auto":
+        return config.sharding
+    return "fsdp" if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") else "none"
+
+
+def shard_layers(model: Any) -> list[Any]:
+    """Shard each decoder layer's weights over the processes (FSDP2 `fully_shard`, one group per
+    layer): a layer's weights are all-gathered for its forward and backward and freed after, and
+    its LoRA gradients reduce-scattered (FSDP's mean over the processes; train_adapter scales each
+    process's loss by their count, so the mean is the sum, as the single-process step's gradient
+    is: gloo has no pre-multiplied sum for `set_gradient_divide_factor(1)`). The embeddings, final norm and head stay whole on every process; they are
+    frozen under LoRA. Returns the sharded layers."""
+    from torch.distributed.fsdp import fully_shard
+
+    parts = _causal_lm_parts(model)
+    layers = getattr(parts[0], "layers", None) if parts else None
+    if not layers:
+        raise TrainingError("sharding='fsdp' needs a causal LM with decoder layers (model.layers); this model has none")
+    for layer in layers:
+        fully_shard(layer)
+    return list(layers)
+
+
+def gathered_trainable_state(model: Any) -> dict[str, Any]:
+    """The trainable weights, whole, on process 0 (empty elsewhere): what an adapter folder holds."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v for k, v in full.items() if k in trainable}
+
+
+def _sum_loss_across_processes(total: float, device: Any) -> float:
+    import torch
+    import torch.distributed as dist
+
+    loss = torch.tensor([total], dtype=torch.float64, device=device)
+    dist.all_reduce(loss, op=dist.ReduceOp.SUM)
+    return float(loss.item())
+
+
 def _sum_across_processes(params: list[Any], total: float, device: Any) -> float:
     """Sum the trainable parameters' gradients (and the step's loss) over the processes: each
     process holds the sum over its micro-batches, already divided by the step's token count, so
@@ -560,19 +631,19 @@ def _sum_across_processes(params: list[Any], total: float, device: Any) -> float
         if p.grad is None:  # this process had no micro-batch in this step
             p.grad = torch.zeros_like(p)
         dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-    loss = torch.tensor([total], dtype=torch.float64, device=device)
-    dist.all_reduce(loss, op=dist.ReduceOp.SUM)
-    return float(loss.item())
+    return _sum_loss_across_processes(total, device)
 
 
-def write_adapter(out_dir: Path, model: Any, tokenizer: Any, record: dict, *, overwrite: bool) -> None:
+def write_adapter(out_dir: Path, model: Any, tokenizer: Any, record: dict, *, overwrite: bool,
+                  state_dict: dict[str, Any] | None = None) -> None:
     """Save an adapter folder (adapter, tokenizer, eef-train.json `record`) atomically: written to a
-    temporary folder beside `out_dir` and renamed into place."""
+    temporary folder beside `out_dir` and renamed into place. `state_dict`: the weights to save
+    when the model's own are sharded (FSDP)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     old = None
     try:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({} if state_dict is None else {"state_dict": state_dict}))
         tokenizer.save_pretrained(tmp)
         (tmp / TRAIN_FILE).write_text(json.dumps(record, indent=1) + "\n")
         os.chmod(tmp, 0o755)

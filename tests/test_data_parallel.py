@@ -48,7 +48,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _train(db: Path, out: Path, processes: int, run: str = RUN, config: TrainConfig = CONFIG) -> dict:
+def _train(db: Path, out: Path, processes: int, run: str = RUN, config: TrainConfig = CONFIG,
+           launch_config: str = "ddp-cpu.yaml") -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     script = out.parent / "train.py"
     script.write_text(SCRIPT)
@@ -56,7 +57,7 @@ def _train(db: Path, out: Path, processes: int, run: str = RUN, config: TrainCon
     if processes == 1:
         cmd = [sys.executable, *args]
     else:
-        cmd = [str(ACCELERATE), "launch", "--config_file", str(ROOT / "configs/accelerate/ddp-cpu.yaml"),
+        cmd = [str(ACCELERATE), "launch", "--config_file", str(ROOT / "configs/accelerate" / launch_config),
                "--num_processes", str(processes), "--main_process_port", str(_free_port()), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=800,
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
@@ -80,6 +81,30 @@ def test_two_processes_train_the_adapter_one_process_trains(db, tmp_path):  # no
         assert torch.allclose(a[name], b[name], rtol=1e-3, atol=1e-6), name
     # and training moved the weights: the comparison is not between two untouched adapters
     assert any(float(t.abs().max()) > 0 for n, t in a.items() if "lora_B" in n)
+
+
+@slow
+def test_fsdp_ranks_train_the_adapter_one_process_trains(db, tmp_path):  # noqa: F811
+    """`accelerate launch` with configs/accelerate/fsdp-cpu.yaml: two gloo ranks each hold half of
+    every decoder layer (FSDP2, `sharding: auto` read off accelerate's environment), gather it for
+    their passes, and train the adapter one process trains; of each step's three micro-batches rank 0
+    takes two and rank 1 one, so rank 1 also runs the zero-weighted pass that keeps the collectives
+    in step."""
+    from safetensors.torch import load_file
+
+    config = CONFIG.model_copy(update={"compile": False})  # FSDP trains without compile: so does the reference
+    one = _train(db, tmp_path / "one" / "bc-it0", 1, config=config)
+    two = _train(db, tmp_path / "fsdp" / "bc-it0", 2, config=config, launch_config="fsdp-cpu.yaml")
+    assert two["n_optimizer_steps"] == 2 and two["sharded_layers"] == 30 and one["sharded_layers"] == 0
+    assert two["data_parallel"] == {"processes": 2, "backend": "gloo", "sharding": "fsdp"}
+    assert two["trainable_parameters"] == one["trainable_parameters"]
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-4)
+    a = load_file(tmp_path / "one" / "bc-it0" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "fsdp" / "bc-it0" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and a
+    for name in a:
+        assert a[name].shape == b[name].shape and torch.allclose(a[name], b[name], rtol=1e-3, atol=1e-6), name
+    assert any(float(t.abs().max()) > 0 for n, t in b.items() if "lora_B" in n)
 
 
 def _rank_processes() -> list[int]:
@@ -177,6 +202,13 @@ def test_a_rank_is_not_a_command_and_one_process_is_not_data_parallel(tmp_path, 
         train_in_processes(tmp_path / "eef.duckdb", "r", 0, "bc", tmp_path / "out", CONFIG, processes=1)
     assert [rank_threads(t, 2) for t in (1, 2, 3, 8)] == [1, 1, 1, 4]
     assert _rank_errors(["rank 1: X", "rank 0: X", "rank 0: Y"]) == "ranks 0, 1: X; rank 0: Y"
+    from eef_tasks.training import resolve_sharding
+
+    assert resolve_sharding(CONFIG) == "none"
+    assert resolve_sharding(CONFIG.model_copy(update={"sharding": "fsdp"})) == "fsdp"
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for an FSDP config
+    assert resolve_sharding(CONFIG) == "fsdp"
+    assert resolve_sharding(CONFIG.model_copy(update={"sharding": "none"})) == "none"
 
 
 @pytest.mark.timeout(300)
@@ -197,3 +229,14 @@ def test_failing_ranks_fail_the_training_with_their_error_and_write_nothing(tmp_
     assert "\n" not in text and text.endswith("): ranks 0, 1: no training examples for run 'nobody', iteration 0, "
                                             "method 'bc': run `eef select --run nobody --iteration 0 --method bc` first"), text
     assert not out.exists()
+
+
+@pytest.mark.timeout(300)
+def test_fsdp_refuses_full_fine_tuning_in_one_line(db, tmp_path):  # noqa: F811
+    from eef_tasks.data_parallel import DataParallelError, train_in_processes
+
+    config = CONFIG.model_copy(update={"sharding": "fsdp", "finetune": "full", "compile": False})
+    with pytest.raises(DataParallelError, match=r"ranks 0, 1: sharding='fsdp' trains LoRA adapters only: full "
+                                                r"fine-tuning under FSDP is not supported yet$"):
+        train_in_processes(db, RUN, 0, "bc", tmp_path / "bc-it0", config, processes=2, threads=2)
+    assert not (tmp_path / "bc-it0").exists()
