@@ -43,7 +43,7 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -439,7 +439,10 @@ def train_adapter(
     _seed_everything(config.seed)
     # full fine-tuning: the weights themselves are trained, so they stay float32 (master weights) and
     # only the matmuls run in precision.dtype (autocast); a LoRA run keeps its frozen base in that dtype
-    model = load_causal_lm(base, Precision(precision.device, "float32") if full else precision)
+    # FSDP: loaded into host memory, each layer's shard then moved to the device (shard_layers), so a
+    # base model larger than one GPU is never whole on one
+    model = load_causal_lm(base, Precision(precision.device, "float32") if full
+                           else replace(precision, device="cpu") if fsdp else precision)
     if checkpointing:
         enable_checkpointing(model)
     if not full:
@@ -456,7 +459,7 @@ def train_adapter(
         raise TrainingError("the trained weights are not float32" + ("" if full else ": this peft version does not upcast the LoRA weights"))
     compiled = config.compile if config.compile is not None else (not fsdp and compile_default(precision))
     compiled_layers = compile_layers(model) if compiled else 0
-    sharded = shard_layers(model) if fsdp else []
+    sharded = shard_layers(model, device) if fsdp else []
     sharded_layers = len(sharded)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -584,21 +587,34 @@ def resolve_sharding(config: TrainConfig) -> str:
     return "fsdp" if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") else "none"
 
 
-def shard_layers(model: Any) -> list[Any]:
+def shard_layers(model: Any, device: Any) -> list[Any]:
     """Shard each decoder layer's weights over the processes (FSDP2 `fully_shard`, one group per
     layer): a layer's weights are all-gathered for its forward and backward and freed after, and
     its LoRA gradients reduce-scattered (FSDP's mean over the processes; train_adapter scales each
     process's loss by their count, so the mean is the sum, as the single-process step's gradient
-    is: gloo has no pre-multiplied sum for `set_gradient_divide_factor(1)`). The embeddings, final norm and head stay whole on every process; they are
-    frozen under LoRA. Returns the sharded layers."""
+    is: gloo has no pre-multiplied sum for `set_gradient_divide_factor(1)`). The embeddings, final
+    norm and head stay whole on every process (frozen under LoRA): they are moved to `device`
+    first, ties kept, and each layer's shard goes there as it is sharded (the mesh's device: this
+    process's GPU, or the CPU). Returns the sharded layers."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     parts = _causal_lm_parts(model)
     layers = getattr(parts[0], "layers", None) if parts else None
     if not layers:
         raise TrainingError("sharding='fsdp' needs a causal LM with decoder layers (model.layers); this model has none")
+    in_layers = {id(t) for layer in layers for t in (*layer.parameters(), *layer.buffers())}
+    moved: dict[int, Any] = {}  # one new tensor per old one: tied weights stay tied
+    for module in model.modules():
+        for table, make in ((module._parameters, lambda t: torch.nn.Parameter(t.data.to(device), t.requires_grad)),
+                            (module._buffers, lambda t: t.to(device))):
+            for name, t in list(table.items()):
+                if t is not None and id(t) not in in_layers:
+                    table[name] = moved.setdefault(id(t), make(t))
+    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
     for layer in layers:
-        fully_shard(layer)
+        fully_shard(layer, mesh=mesh)
     return list(layers)
 
 
