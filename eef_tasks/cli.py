@@ -802,6 +802,9 @@ def experiment_cmd(
     seeds: Annotated[str, typer.Option("--seeds", help="comma-separated seeds")] = "0,1,2",
     rft_k: Annotated[int | None, typer.Option("--rft-k", help="k of RFT×k (default: EEF's episodes per iteration / training tasks)")] = None,
     expert: Annotated[str, typer.Option("--expert", help="collect synthetic|gold expert data first, or none")] = "synthetic",
+    extra: Annotated[str | None, typer.Option(
+        "--extra", help="more methods per seed, comma-separated: sft-all, nat, eef-binary, eto, eef+dpo, rft-xK; "
+                        "runs NAME-<extra>-s<seed> ('+' as '-'), compared with EEF like RFT")] = None,
     settings: Annotated[list[str] | None, typer.Option("--set", help="override a run setting: KEY=VALUE (JSON), e.g. iterations=2")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="the results folder (default results/NAME)")] = None,
 ) -> None:
@@ -822,7 +825,7 @@ def experiment_cmd(
     overrides = _overrides(settings)
     params = _validated(SeedsParams, dict(
         db=str(db), preset=preset, name=name, seeds=seed_list, rft_k=rft_k, expert=expert, overrides=overrides,
-        out_dir=str(out_dir) if out_dir else None, command="eef " + " ".join(sys.argv[1:])), "experiment settings")
+        extra_runs=[x.strip() for x in (extra or "").split(",") if x.strip()], out_dir=str(out_dir) if out_dir else None, command="eef " + " ".join(sys.argv[1:])), "experiment settings")
     preset_config(preset, f"{name}-eef-s{seed_list[0]}", "eef", **seed_overrides(preset, overrides, seed_list[0]))
     with temporary_server():
         result = seeds_flow(params)

@@ -64,6 +64,14 @@ def extra_run_id(name: str, extra: str) -> str:
 
 
 
+def known_extra_runs(values: list[str]) -> list[str]:
+    """A form's extra runs: EXTRA_RUNS or rft-xK, each once (pydantic validator of `extra_runs` fields)."""
+    unknown = [v for v in values if v not in EXTRA_RUNS and not re.fullmatch(r"rft-x([1-9]|1[0-6])", v)]
+    if unknown:
+        raise ValueError(f"unknown extra run {unknown[0]!r}: one of {', '.join(EXTRA_RUNS)}, rft-xK (K 1..16)")
+    return list(dict.fromkeys(values))
+
+
 def known_preset(value: str) -> str:
     """A parameter form's preset: one of the recipes (pydantic validator of `preset` fields)."""
     if value not in presets.names():
@@ -142,13 +150,7 @@ class ExperimentParams(BaseModel):
 
     _known_preset = field_validator("preset")(known_preset)
 
-    @field_validator("extra_runs")
-    @classmethod
-    def _known_extra_runs(cls, values: list[str]) -> list[str]:
-        unknown = [v for v in values if v not in EXTRA_RUNS and not re.fullmatch(r"rft-x([1-9]|1[0-6])", v)]
-        if unknown:
-            raise ValueError(f"unknown extra run {unknown[0]!r}: one of {', '.join(EXTRA_RUNS)}, rft-xK (K 1..16)")
-        return list(dict.fromkeys(values))
+    _known_extra_runs = field_validator("extra_runs")(known_extra_runs)
 
     _no_credentials_in_url = field_validator("overrides")(overrides_without_credentials)
 
@@ -338,6 +340,30 @@ def compare_flow(params: CompareParams = CompareParams()) -> dict:
             "cost_table": str(out / f"cost-{name}.csv")}
 
 
+def run_extra(db: str, preset: str, run_id: str, extra: str, overrides: dict, eef: RunConfig) -> str:
+    """Run one extra run (EXTRA_RUNS or rft-xK) called `run_id` beside the registered EEF run `eef`:
+    on its training, dev and test tasks, from its behaviour-cloning adapter (sft-all and nat: from the
+    base model, as the paper trains them); returns the run id."""
+    same_tasks = {"train_tasks": eef.train_tasks, "eval_tasks": eef.eval_tasks, "report_tasks": eef.report_tasks}
+    shared_bc = {**overrides, **same_tasks, "bc_adapter": str(pipeline.adapter_dir(eef, 0))}
+    if extra == "eef-binary":
+        config = pipeline.preset_config(preset, run_id, "eef", **{**shared_bc, "search": "binary"})
+        eef_flow(RunParams(db=db, run=config))
+    elif extra == "eef+dpo":
+        config = pipeline.preset_config(preset, run_id, "eef+dpo", **shared_bc)
+        eef_flow(RunParams(db=db, run=config))
+    elif extra == "eto":
+        config = pipeline.preset_config(preset, run_id, "eto", **shared_bc)
+        eto_flow(RunParams(db=db, run=config))
+    elif extra.startswith("rft-x"):
+        config = pipeline.preset_config(preset, run_id, "rft", **{**shared_bc, "samples": int(extra.removeprefix("rft-x"))})
+        rft_flow(RFTParams(db=db, run=config))
+    else:
+        config = pipeline.preset_config(preset, run_id, extra, **{**overrides, **same_tasks})
+        baseline_flow(BaselineParams(db=db, run=config))
+    return config.run_id
+
+
 @flow(name="experiment", flow_run_name="{params.name}", log_prints=True)
 def experiment_flow(params: ExperimentParams = ExperimentParams()) -> dict:
     """Collect expert data, run EEF and RFT from one preset (sharing the BC adapter) and the extra runs
@@ -367,27 +393,9 @@ def experiment_flow(params: ExperimentParams = ExperimentParams()) -> dict:
     eef_flow(RunParams(db=params.db, run=eef_config))
     rft_flow(RFTParams(db=params.db, run=rft_config))
     run_ids = [eef.run_id, rft_config.run_id]
-    same_tasks = {"train_tasks": eef.train_tasks, "eval_tasks": eef.eval_tasks, "report_tasks": eef.report_tasks}
-    shared_bc = {**params.overrides, **same_tasks, "bc_adapter": str(pipeline.adapter_dir(eef, 0))}
     for extra in params.extra_runs:
-        run_id = extra_run_id(params.name, extra)
-        if extra == "eef-binary":
-            config = pipeline.preset_config(params.preset, run_id, "eef", **{**shared_bc, "search": "binary"})
-            eef_flow(RunParams(db=params.db, run=config))
-        elif extra == "eef+dpo":
-            config = pipeline.preset_config(params.preset, run_id, "eef+dpo", **shared_bc)
-            eef_flow(RunParams(db=params.db, run=config))
-        elif extra == "eto":
-            config = pipeline.preset_config(params.preset, run_id, "eto", **shared_bc)
-            eto_flow(RunParams(db=params.db, run=config))
-        elif extra.startswith("rft-x"):
-            config = pipeline.preset_config(params.preset, run_id, "rft",
-                                            **{**shared_bc, "samples": int(extra.removeprefix("rft-x"))})
-            rft_flow(RFTParams(db=params.db, run=config))
-        else:
-            config = pipeline.preset_config(params.preset, run_id, extra, **{**params.overrides, **same_tasks})
-            baseline_flow(BaselineParams(db=params.db, run=config))
-        run_ids.append(config.run_id)
+        run_ids.append(run_extra(params.db, params.preset, extra_run_id(params.name, extra), extra,
+                                 params.overrides, eef))
     compared = compare_flow(CompareParams(db=params.db, run_ids=run_ids, out_dir=params.out_dir))
     # the page of the run a user triggers shows the outcome, not only its subflows' pages
     df = report.comparison(params.db, run_ids)

@@ -7,7 +7,8 @@ The story: collect the expert's data once (every seed learns from the same exper
 seed s, register NAME-eef-s<s> (its sampling and training seed s) and, for the first seed, compute
 k of RFT×k from its checkpoints before anything runs (`experiment.rollout_plan`); run EEF, then
 NAME-rft-s<s> (k = 1) and NAME-rftk-s<s> (k) from the EEF run's behaviour-cloning adapter, on the
-same training, dev and test tasks; last, `experiment.group_report` and `write_results` into
+same training, dev and test tasks, and the extra runs asked for (NAME-<extra>-s<s>, the paper's other
+rows: `--extra sft-all,nat,eef-binary,eto,eef+dpo`); last, `experiment.group_report` and `write_results` into
 results/NAME/. Every run resumes as the eef and rft flows do, so a rerun continues where it stopped.
 """
 
@@ -23,8 +24,8 @@ from eef_tasks.envs import registry
 from eef_tasks.pipeline import RunConfig, presets
 from flows import local_server
 from flows.collect import CollectParams, collect_flow
-from flows.pipeline import (RFTParams, RunParams, eef_flow, known_preset, overrides_without_credentials,
-                            rft_flow)
+from flows.pipeline import (RFTParams, RunParams, eef_flow, known_extra_runs, known_preset,
+                            overrides_without_credentials, rft_flow, run_extra)
 
 
 class SeedsParams(BaseModel):
@@ -36,6 +37,11 @@ class SeedsParams(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="one EEF, RFT and RFT×k run each")
     rft_k: int | None = Field(None, ge=1, le=experiment.MAX_K,
                               description="k of RFT×k; empty = computed: EEF's episodes per iteration / training tasks")
+    extra_runs: list[str] = Field(
+        default_factory=list, description="more methods per seed, called NAME-EXTRA-s<seed> ('+' as '-', e.g. "
+                                          "cpu-eef-dpo-s0), on the seed's tasks and from its BC adapter (sft-all, nat: "
+                                          "from the base model): sft-all, nat, eef-binary, eto, eef+dpo, rft-xK; each "
+                                          "joins the results as one more method compared with EEF")
     expert: Literal["synthetic", "gold", "none"] = Field(
         "synthetic", description="collect this expert's trajectories on the training tasks first (none: use the store's)")
     overrides: dict = Field(default_factory=dict, description="run settings to change, e.g. {\"iterations\": 2}")
@@ -43,6 +49,7 @@ class SeedsParams(BaseModel):
     command: str | None = Field(None, description="the command line, written into results.md")
 
     _known_preset = field_validator("preset")(known_preset)
+    _known_extra_runs = field_validator("extra_runs")(known_extra_runs)
     _no_credentials_in_url = field_validator("overrides")(overrides_without_credentials)
 
     @field_validator("seeds")
@@ -51,6 +58,11 @@ class SeedsParams(BaseModel):
         if len(set(seeds)) != len(seeds) or min(seeds) < 0:
             raise ValueError("seeds must be distinct and >= 0")
         return seeds
+
+
+def extra_run_name(name: str, extra: str, seed: int) -> str:
+    """The run of an extra method in the group: NAME-<extra>-s<seed>, '+' as '-' (cpu-eef-dpo-s0)."""
+    return experiment.run_name(name, extra.replace("+", "-"), seed)
 
 
 def seed_overrides(preset: str, overrides: dict, seed: int) -> dict:
@@ -96,6 +108,8 @@ def seeds_flow(params: SeedsParams = SeedsParams()) -> dict:
         eef_flow(RunParams(db=params.db, run=eef_config))
         for config in baselines:
             rft_flow(RFTParams(db=params.db, run=config))
+        for extra in params.extra_runs:
+            run_extra(params.db, params.preset, extra_run_name(params.name, extra, seed), extra, values, eef)
     result = experiment.group_report(params.db, params.name)
     out = experiment.write_results(result, params.out_dir or f"results/{params.name}", params.command)
     for row in result.differences.iter_rows(named=True):

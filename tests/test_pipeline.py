@@ -163,6 +163,26 @@ def test_extra_runs_of_the_experiment() -> None:
             ExperimentParams(extra_runs=[bad])
 
 
+def test_extra_runs_of_the_seeded_experiment_join_its_group(db) -> None:
+    """`eef experiment --extra`: NAME-<extra>-s<seed> runs, which the group report reads back as one
+    method each beside EEF (label, seed)."""
+    from flows.seeds import SeedsParams, extra_run_name
+
+    from eef_tasks import experiment
+
+    params = SeedsParams(extra_runs=["nat", "eef+dpo", "eef-binary", "rft-x4", "nat"])
+    assert params.extra_runs == ["nat", "eef+dpo", "eef-binary", "rft-x4"]
+    names = [extra_run_name("cpu", x, 2) for x in params.extra_runs]
+    assert names == ["cpu-nat-s2", "cpu-eef-dpo-s2", "cpu-eef-binary-s2", "cpu-rft-x4-s2"]
+    with pytest.raises(ValueError, match="unknown extra run 'dpo'"):
+        SeedsParams(extra_runs=["dpo"])
+    for run_id in ["cpu-eef-s2", *names]:
+        pipeline.register_run(db, config(run_id=run_id))
+    group = experiment.group_runs(db, "cpu")
+    assert sorted(zip(group["label"], group["seed"])) == [
+        ("eef", 2), ("eef-binary", 2), ("eef-dpo", 2), ("nat", 2), ("rft-x4", 2)]
+
+
 def test_eto_dpo_phase_continues_the_previous_policy_on_its_pairs(db, monkeypatch) -> None:
     """The dpo phase's wiring (no model: train_dpo is recorded, not run): which pairs, which adapter it
     starts from, where it writes, and that its adapter is then the iteration's policy."""
@@ -244,6 +264,21 @@ def test_a_setting_added_after_registration_counts_as_its_default(db) -> None:
     assert pipeline.register_run(db, config()).dpo == config().dpo
     with pytest.raises(PipelineError, match=r"exists with other settings \(dpo\)"):
         pipeline.register_run(db, config(dpo={"beta": 0.5}))
+
+
+def test_a_field_added_to_a_section_after_registration_counts_as_its_default(db) -> None:
+    """A run registered before train.sharding existed resumes (the cpu experiment of 66c84e9 did not)."""
+    pipeline.register_run(db, config(train={"epochs": 2}))
+    with store.writer(db) as con:
+        stored = json.loads(con.execute("SELECT config FROM runs WHERE run_id = 'r1'").fetchone()[0])
+        del stored["requested"]["train"]["sharding"], stored["config"]["train"]["sharding"]
+        con.execute("UPDATE runs SET config = $c WHERE run_id = 'r1'", {"c": json.dumps(stored)})
+    resumed = pipeline.register_run(db, config(train={"epochs": 2}))
+    assert resumed.train.epochs == 2 and resumed.train.sharding == "auto"
+    with pytest.raises(PipelineError, match=r"exists with other settings \(train\)"):
+        pipeline.register_run(db, config(train={"epochs": 2, "sharding": "none"}))
+    with pytest.raises(PipelineError, match=r"exists with other settings \(train\)"):
+        pipeline.register_run(db, config(train={"epochs": 3}))
 
 
 def test_presets_name_valid_expert_recipes() -> None:

@@ -100,6 +100,7 @@ def test_cli_experiment_checks_its_settings_before_running(tmp_path):
         (["--set", "eval_split=test"], "report_split 'test' is eval_split already"),
         (["--preset", "huge"], "unknown preset 'huge'"),
         (["--rft-k", "0"], "rft_k"),
+        (["--extra", "nat,dpo"], "unknown extra run 'dpo'"),
     ]:
         proc = subprocess.run([EEF, "experiment", "--db", str(db), *args], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 1, (args, proc.stdout, proc.stderr)

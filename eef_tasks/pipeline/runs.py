@@ -31,6 +31,14 @@ _ITERATION_PHASES = {
 # --- the run registry -----------------------------------------------------------------------------
 
 
+def _as_registered(requested: dict, defaults: dict, key: str) -> Any:
+    """Setting `key` of a registered run, with the defaults of fields it predates filled in."""
+    value = requested.get(key, defaults.get(key))
+    if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+        return {**defaults[key], **value}
+    return value
+
+
 def register_run(db: str | Path, config: RunConfig) -> RunConfig:
     """Create the run, or check that `config` matches the registered one (only MUTABLE_SETTINGS may
     change; they are updated). Task lists are resolved here once, so the run never changes task set.
@@ -41,10 +49,11 @@ def register_run(db: str | Path, config: RunConfig) -> RunConfig:
             stored = RunConfig(**json.loads(row[1])["config"])
             requested = json.loads(row[1])["requested"]
             given = config.model_dump(mode="json")
-            # a setting added to eef after the run was registered counts as its default there
+            # a setting added to eef after the run was registered counts as its default there, in a
+            # section too (a field added to train or dpo)
             defaults = RunConfig(run_id=config.run_id).model_dump(mode="json")
             changed = sorted(k for k in given if k not in MUTABLE_SETTINGS
-                             and given[k] != requested.get(k, defaults.get(k)))
+                             and given[k] != _as_registered(requested, defaults, k))
             if changed:
                 raise PipelineError(
                     f"run {config.run_id!r} exists with other settings ({', '.join(changed)}); "

@@ -1,4 +1,4 @@
-"""issue 11's CPU experiment (run in stop 22, 2 h 18 min: README, results/cpu): EEF vs RFT vs RFT×k on find-non-living-thing, 2 iterations, 3 seeds.
+"""issue 11's CPU experiment (README, results/cpu): EEF vs RFT vs RFT×k on find-non-living-thing, 2 iterations, 3 seeds.
 
     eef experiment --preset cpu --db data/cpu.duckdb --name cpu --seeds 0,1,2
 
@@ -12,13 +12,15 @@ setting, the one measured to make EEF's mechanism fire (docs/policy-probe.md: 32
 lr 2e-3, batch 2, dropout 0), on twice the demo's training tasks; every iteration's adapter is
 evaluated on the family's dev split (6 tasks: they choose the iteration) and on its test split (10
 tasks, eval_limit: they report it, report_split). Sized from the demo's measured cost (~14 min for
-BC + one EEF and one RFT iteration on 8 tasks at load ~5) to stay near 2 hours for 3 seeds; measured:
-2 h 18 min (45-46 min per seed), EEF − RFT −20 points [−53.3, 0]: no difference shown.
+BC + one EEF and one RFT iteration on 8 tasks at load ~5) to stay near 2 hours for 3 seeds; measured
+from a clean clone of 66c84e9 on a quiet 2-core machine: 1 h 38 min with the install, EEF − RFT +6.7
+points [−20, +30]: no difference shown (stop 22, under load: 2 h 18 min, −20 points [−53.3, 0]).
 
-The paper's whole table from one invocation (README, "The paper's table in one command"):
+The paper's other rows beside them, per seed, on the same store (NAME-<extra>-s<seed>, resuming the
+runs above): README, "The paper's table, measured":
 
-    eef run --preset cpu --db data/cpu.duckdb --name cpu --expert synthetic,synthetic-cheap \\
-        --extra sft-all,nat,eef-binary,eto,eef+dpo,rft-x4
+    eef experiment --preset cpu --db data/cpu.duckdb --name cpu --seeds 0 \\
+        --extra sft-all,nat,eef-binary,eto,eef+dpo
 """
 
 SETTINGS = dict(
