@@ -10,9 +10,10 @@ weights: speed does not depend on their values), bf16 everywhere:
 
 - **hf**: eef's transformers engine in this process, the adapter merged (`--threads` torch threads);
 - **vllm lora**: a vLLM server with `--enable-lora --max-lora-rank 16`, the adapter loaded at run
-  time under its content-hashed name (what `engine = "vllm"` does today);
-- **vllm merged**: the adapter merged into a checkpoint (`merge_and_unload`, saved) and a server
-  without LoRA on it: what a restarted server per iteration would serve;
+  time under its content-hashed name (the pipeline's `vllm_adapters = "runtime"`);
+- **vllm merged**: the adapter merged into a bfloat16 checkpoint (`vllm_server.merge_adapter`) and a
+  server without LoRA on it (`--eager`: `--enforce-eager`): what the pipeline's own server does on
+  CPU (`vllm_adapters = "merged"`, auto's choice there);
 - **vllm base** (`--base`): the base model without adapter, for reference.
 
 A server's start-up (process start to healthy) and the merge are timed separately. On CPU the
@@ -32,7 +33,7 @@ from pathlib import Path
 from eef_tasks.engines import SamplingConfig
 from eef_tasks.engines.hf import HFEngine
 from eef_tasks.engines.vllm import VLLMEngine
-from eef_tasks.engines.vllm_server import ServerSpec, VLLMServer, installed
+from eef_tasks.engines.vllm_server import ServerSpec, VLLMServer, installed, merge_adapter
 from eef_tasks.models import default_model_path
 from eef_tasks.rollout import RolloutEpisode, run_rollouts
 
@@ -54,20 +55,6 @@ def make_adapter(base: Path, out: Path, rank: int) -> Path:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.01)
     lora.save_pretrained(out / "bench-it1")
     return out / "bench-it1"
-
-
-def merge(base: Path, adapter: Path, out: Path) -> float:
-    """The adapter merged into a full checkpoint at `out` (config, weights, tokenizer); seconds."""
-    import peft
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
-    merged = peft.PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    merged.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base).save_pretrained(out)
-    return time.perf_counter() - start
 
 
 def level(db: Path, name: str, engine, c: int, args) -> dict:
@@ -145,7 +132,7 @@ def main() -> None:
                 vllm_mode(db, mode, spec, adapter, args, rows, startup)
             elif mode == "vllm merged":
                 merged = work / "merged"
-                startup["vllm merged (merge + save)"] = merge(base, adapter, merged)
+                startup["vllm merged (merge + save)"] = merge_adapter(base, adapter, merged)
                 print(f"merged in {startup['vllm merged (merge + save)']:.1f} s", flush=True)
                 spec = ServerSpec.for_machine(merged, lora_rank=None, extra_args=eager, **common)
                 vllm_mode(db, mode, spec, None, args, rows, startup)

@@ -165,7 +165,10 @@ def model_server(model_path, tmp_path_factory) -> Iterator[str]:
         pytest.skip("the `transformers` command is not installed")
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "1"}
+    # one compute thread: on CI's 2 cores, beside the other xdist worker, a server with a thread per
+    # core oversubscribes them and one 48-token answer took from 10 s to over 60 s (stop 32)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "1",
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [str(exe), "serve", str(model_path), "--host", "127.0.0.1", "--port", str(port),
@@ -237,7 +240,7 @@ class FaultInjector:
                     return
                 upstream = httpx.post(f"{injector.upstream}{self.path.removeprefix('/v1')}",
                                       content=raw, headers={"content-type": "application/json"},
-                                      timeout=120)
+                                      timeout=300)
                 self._send(upstream.status_code, upstream.content)
 
             def _send(self, code, payload: bytes, headers: dict | None = None):
@@ -294,7 +297,9 @@ def _config(base_url: str, model: str, **kw) -> LLMExpertConfig:
     settings = dict(
         name="smollm2-test", base_url=base_url, model=model, api_key_env=KEY_ENV,
         temperature=0.0, max_tokens=48, max_steps=3, price_in=0.15, price_out=0.6,
-        backoff_s=0.05, max_backoff_s=2.0, timeout_s=60, max_retries=3, max_invalid_in_a_row=2,
+        # generous: these tests are about what is stored and retried, not the server's speed under
+        # load (the timeout itself is tested with a scripted slow answer and timeout_s=0.5)
+        backoff_s=0.05, max_backoff_s=2.0, timeout_s=300, max_retries=3, max_invalid_in_a_row=2,
         stop=["\nObservation:"],
     )
     settings.update(kw)

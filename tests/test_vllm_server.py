@@ -105,12 +105,35 @@ def adapter(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.real_vllm
-@needs_java
-def test_the_pipeline_serves_itself_and_a_killed_phase_leaves_no_server(vllm_venv, adapter, tmp_path) -> None:
-    """engine = vllm, no URL: the explore phase process starts vLLM (LoRA rank = the run's), plays
-    real episodes through it and stops it. SIGKILLed while the server runs, the phase takes the
-    server (and vLLM's engine-core process) with it; the rerun then finishes the phase."""
+def test_merge_adapter_writes_base_plus_the_low_rank_update(adapter, tmp_path) -> None:
+    """The merged checkpoint a server without LoRA serves (vllm_adapters = merged): every targeted
+    weight is W + (alpha / r) * B @ A, computed here by hand in float32, rounded once to bfloat16;
+    untouched weights are the base's; config and tokenizer beside them. No vLLM needed."""
+    import torch
+    from safetensors.torch import load_file
+
+    from eef_tasks.engines.vllm_server import merge_adapter
+    from eef_tasks.models import default_model_path
+
+    assert merge_adapter(None, adapter, tmp_path / "m") > 0
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / "m").iterdir()}
+    merged = load_file(tmp_path / "m" / "model.safetensors")
+    base = load_file(default_model_path() / "model.safetensors")
+    lora = load_file(adapter / "adapter_model.safetensors")
+    prefix = "base_model.model.model.layers.3.self_attn."
+    a, b = lora[prefix + "q_proj.lora_A.weight"].float(), lora[prefix + "q_proj.lora_B.weight"].float()
+    want = base["model.layers.3.self_attn.q_proj.weight"].float() + (16 / 8) * b @ a
+    got = merged["model.layers.3.self_attn.q_proj.weight"]
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, want.to(torch.bfloat16))
+    assert not torch.equal(got, base["model.layers.3.self_attn.q_proj.weight"].to(torch.bfloat16))
+    assert torch.equal(merged["model.layers.3.self_attn.k_proj.weight"],
+                       base["model.layers.3.self_attn.k_proj.weight"].to(torch.bfloat16))
+
+
+def _explore_phase(tmp_path: Path, vllm_venv: Path, adapter: Path, **settings) -> tuple[Path, list[str], dict]:
+    """A run whose iteration 0 is `adapter`, ready for its iteration-1 explore phase process on the
+    pipeline's own vLLM server: the store, the phase's command and its environment."""
     db = tmp_path / "eef.duckdb"
     with store.writer(db) as con:
         write_trajectories(con, [TrajectoryRecord(
@@ -119,15 +142,36 @@ def test_the_pipeline_serves_itself_and_a_killed_phase_leaves_no_server(vllm_ven
             tasks=[TaskRecord(task_id=TRAIN, env="scienceworld", split="train", instruction="find a living thing")])
     config = RunConfig(run_id="v", method="rft", n_sims=0, iterations=1, engine="vllm", train_tasks=[TRAIN],
                        eval_tasks=["scienceworld/find-living-thing/161"], workers=1, max_steps=2, max_new_tokens=12,
-                       train=TrainConfig(lora_r=8), adapters_dir=str(tmp_path / "adapters"))
+                       train=TrainConfig(lora_r=8), adapters_dir=str(tmp_path / "adapters"), **settings)
     pipeline.register_run(db, config)
     for phase in BC_PHASES:  # iteration 0 as if it had run: its adapter is `adapter`
         mark_phase(db, "v", 0, phase, time.time(), {"adapter": str(adapter)} if phase == "train" else {})
     env = {k: v for k, v in os.environ.items() if k != "EEF_VLLM_URL"}
     env.update(EEF_VLLM_VENV=str(vllm_venv), EEF_GPU_LOCK=str(tmp_path / "slot.lock"), EEF_TORCH_THREADS="1",
-               EEF_CACHE_DIR=os.environ.get("EEF_CACHE_DIR", str(Path.home() / ".cache" / "eef")))
+               EEF_CACHE_DIR=os.environ.get("EEF_CACHE_DIR", str(Path.home() / ".cache" / "eef")),
+               TMPDIR=str(tmp_path))
     cmd = [sys.executable, "-m", "eef_tasks.pipeline", "explore", "--db", str(db), "--run", "v", "--iteration", "1"]
+    return db, cmd, env
 
+
+def _phase_result(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return json.loads(next(line for line in proc.stdout.splitlines()
+                           if line.startswith(pipeline.RESULT_PREFIX))[len(pipeline.RESULT_PREFIX):])
+
+
+def _no_server_left(vllm_venv: Path) -> None:
+    assert not [p for p, (_, _, state, cmdline) in processes().items()
+                if SERVER_MODULE in cmdline and str(vllm_venv) in cmdline and state != "Z"]
+
+
+@pytest.mark.real_vllm
+@needs_java
+def test_the_pipeline_serves_itself_and_a_killed_phase_leaves_no_server(vllm_venv, adapter, tmp_path) -> None:
+    """engine = vllm, no URL, runtime LoRA: the explore phase process starts vLLM (LoRA rank = the
+    run's), plays real episodes through it and stops it. SIGKILLed while the server runs, the phase
+    takes the server (and vLLM's engine-core process) with it; the rerun then finishes the phase."""
+    db, cmd, env = _explore_phase(tmp_path, vllm_venv, adapter, vllm_adapters="runtime")
     log = open(tmp_path / "first.log", "wb")
     first = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -143,14 +187,28 @@ def test_the_pipeline_serves_itself_and_a_killed_phase_leaves_no_server(vllm_ven
             first.kill()
         log.close()
 
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    result = json.loads(next(line for line in proc.stdout.splitlines()
-                             if line.startswith(pipeline.RESULT_PREFIX))[len(pipeline.RESULT_PREFIX):])
+    result = _phase_result(subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900))
     assert result["written"] == 1 and result["errors"] == 0 and result["vllm_startup_s"] > 0
-    assert not [p for p, (_, _, state, cmdline) in processes().items()
-                if SERVER_MODULE in cmdline and str(vllm_venv) in cmdline and state != "Z"]
+    assert result["vllm_adapters"] == "runtime"
+    _no_server_left(vllm_venv)
     with store.reader(db) as con:
         meta = json.loads(con.execute("SELECT meta FROM trajectories WHERE run_id = 'v'").fetchone()[0])
     assert meta["engine"] == "vllm" and meta["served_model"].startswith("bc-it0-")
     assert meta["model_path"] == "smollm2-135m-instruct"
+
+
+@pytest.mark.real_vllm
+@needs_java
+def test_the_pipeline_serves_the_adapter_merged_by_default_on_cpu(vllm_venv, adapter, tmp_path) -> None:
+    """engine = vllm, no URL, vllm_adapters = auto on a CPU venv: the phase merges the adapter into a
+    temporary checkpoint, serves that without LoRA (eager), plays the episode on it, then stops the
+    server and removes the checkpoint; the trajectory names the served model, no runtime adapter."""
+    db, cmd, env = _explore_phase(tmp_path, vllm_venv, adapter)
+    result = _phase_result(subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900))
+    assert result["written"] == 1 and result["errors"] == 0 and result["vllm_startup_s"] > 0
+    assert result["vllm_adapters"] == "merged" and result["vllm_merge_s"] >= 0
+    _no_server_left(vllm_venv)
+    assert not list(tmp_path.glob("eef-merged-*"))  # the merged checkpoint went with the phase
+    with store.reader(db) as con:
+        meta = json.loads(con.execute("SELECT meta FROM trajectories WHERE run_id = 'v'").fetchone()[0])
+    assert meta["engine"] == "vllm" and meta["served_model"] == "smollm2-135m-instruct"

@@ -184,6 +184,26 @@ class ServerSpec:
         return env
 
 
+def merge_adapter(base: str | Path | None, adapter: str | Path, out: str | Path, dtype: str = "bfloat16") -> float:
+    """A LoRA adapter merged into its base model, written as a whole checkpoint (config, weights in
+    `dtype`, tokenizer) at `out`, for a server without LoRA; returns the seconds it took. The merge
+    itself is done in float32 (W + scale * B @ A rounded once, to `dtype`, when saved)."""
+    import peft
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    try:
+        path = resolve_model(base)
+    except ModelError as exc:
+        raise VLLMError(str(exc)) from None
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    merged = peft.PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged.to(getattr(torch, dtype)).save_pretrained(out)
+    AutoTokenizer.from_pretrained(path).save_pretrained(out)
+    return time.perf_counter() - start
+
+
 class VLLMServer:
     """One vLLM server process: `start()` (returns at once), `wait_ready()`, `stop()`; as a context
     manager it starts, waits and always stops."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -115,7 +116,7 @@ def _rollout_summary(config: RunConfig, iteration: int, purpose: str, summary: r
 
 def _rollouts(db, config: RunConfig, iteration: int, purpose: str, episodes, adapter: Path,
               progress: Progress | None) -> dict:
-    with vllm_server(config) as server:
+    with vllm_server(config, adapter) as server:
         summary = rollout_runner(config)(
             db, config.run_id, iteration, episodes, purpose=purpose, engine_factory=lambda: engine(config, adapter, server),
             model_id=f"{config.run_id}/{adapter.name}", sampling=_sampling(config, config.explore_temperature),
@@ -136,42 +137,70 @@ def rollout_runner(config: RunConfig):
 
 
 class PhaseServer(NamedTuple):
-    """The vLLM server of a model phase: its URL and base model name (None: the run's settings) and
+    """The vLLM server of a model phase: its URL and base model name (None: the run's settings), whether
+    it serves the phase's adapter merged into its model (then no adapter is loaded at run time), and
     what the phase summary records about it."""
 
     url: str | None = None
     served_model: str | None = None
     summary: dict = {}
+    merged: bool = False
+
+
+def vllm_adapters(config: RunConfig) -> str:
+    """How the phase's own vLLM server serves the adapter: the run's vllm_adapters, auto resolved by
+    the venv's device (merged on CPU, where it measured faster; runtime LoRA on GPU)."""
+    if config.vllm_adapters != "auto":
+        return config.vllm_adapters
+    from eef_tasks.engines.vllm_server import installed_device
+
+    return "merged" if installed_device() == "cpu" else "runtime"
 
 
 @contextlib.contextmanager
-def vllm_server(config: RunConfig) -> Iterator[PhaseServer]:
+def vllm_server(config: RunConfig, adapter: Path | None = None) -> Iterator[PhaseServer]:
     """The vLLM server a model phase uses: the run's vllm_url (or $EEF_VLLM_URL), else, with engine
-    'vllm', a server this phase process starts for the phase and stops after it (`make vllm`'s venv;
-    LoRA rank = the run's). One per phase, not per run: the train phase between needs the memory (on
-    a GPU, vLLM holds most of it), and a server that is a child of the phase process dies with it,
-    even by SIGKILL. Nothing for engine 'hf'."""
+    'vllm', a server this phase process starts for the phase and stops after it (`make vllm`'s venv).
+    One per phase, not per run: the train phase between needs the memory (on a GPU, vLLM holds most of
+    it), and a server that is a child of the phase process dies with it, even by SIGKILL. It serves
+    `adapter` as vllm_adapters says: runtime LoRA (rank = the run's), or merged into a checkpoint in a
+    temporary folder (removed when the phase ends) served without LoRA, eager on CPU (a model served
+    without LoRA is torch-compiled first otherwise: minutes). Nothing for engine 'hf'."""
     if config.engine != "vllm" or config.vllm_url or os.environ.get("EEF_VLLM_URL"):
         yield PhaseServer()
         return
-    from eef_tasks.engines.vllm_server import DEFAULT_SERVED_NAME, ServerSpec, serving
+    from eef_tasks.engines.vllm_server import (DEFAULT_SERVED_NAME, ServerSpec, installed_device, merge_adapter,
+                                               serving)
 
-    spec = ServerSpec.for_machine(config.base_model, lora_rank=config.train.lora_r,
-                                  served_name=config.served_model or DEFAULT_SERVED_NAME)
-    with serving(spec) as server:
-        yield PhaseServer(server.url, spec.served_name, {"vllm_startup_s": round(server.startup_s or 0.0, 1)})
+    served_name = config.served_model or DEFAULT_SERVED_NAME
+    if adapter is None or vllm_adapters(config) == "runtime":
+        spec = ServerSpec.for_machine(config.base_model, lora_rank=config.train.lora_r, served_name=served_name)
+        with serving(spec) as server:
+            yield PhaseServer(server.url, spec.served_name, {"vllm_startup_s": round(server.startup_s or 0.0, 1),
+                                                             "vllm_adapters": "runtime"})
+        return
+    with tempfile.TemporaryDirectory(prefix="eef-merged-") as work:
+        merge_s = merge_adapter(config.base_model, adapter, Path(work) / "model")
+        eager = ("--enforce-eager",) if installed_device() == "cpu" else ()
+        spec = ServerSpec.for_machine(Path(work) / "model", lora_rank=None, served_name=served_name, extra_args=eager)
+        with serving(spec) as server:
+            yield PhaseServer(server.url, spec.served_name, {
+                "vllm_startup_s": round(server.startup_s or 0.0, 1), "vllm_adapters": "merged",
+                "vllm_merge_s": round(merge_s, 1)}, merged=True)
 
 
 def engine(config: RunConfig, adapter: Path, server: PhaseServer = PhaseServer()):
     """The run's model engine for `adapter`: hf (in this process) or a vLLM server (the phase's
-    own `server`, else the run's vllm_url or $EEF_VLLM_URL)."""
+    own `server`, else the run's vllm_url or $EEF_VLLM_URL; a server that serves it merged loads no
+    adapter)."""
     if config.engine == "vllm":
         from eef_tasks.engines.vllm import VLLMEngine  # the HTTP client; only runs on a vLLM server need it
 
         url = server.url or config.vllm_url or os.environ.get("EEF_VLLM_URL")
         if not url:
             raise PipelineError("engine 'vllm' needs vllm_url (or $EEF_VLLM_URL), or `make vllm` for a server of its own")
-        return VLLMEngine(url, server.served_model or config.served_model or config.base_model, adapter_dir=adapter)
+        return VLLMEngine(url, server.served_model or config.served_model or config.base_model,
+                          adapter_dir=None if server.merged else adapter)
     return HFEngine(config.base_model, adapter, max_batch_size=max(8, config.workers))
 
 
@@ -199,6 +228,12 @@ def _simulate_binary(db, config: RunConfig, iteration: int, adapter: Path, train
     asks for next (`binary_search_probes`, computed from what is stored), until every search has
     ended. One engine serves every round. A rerun after a kill recomputes the next round from the
     stored simulations, so it resumes where the killed phase stopped."""
+    with vllm_server(config, adapter) as server:
+        return {**_binary_rounds(db, config, iteration, adapter, train, progress, server), **server.summary}
+
+
+def _binary_rounds(db, config: RunConfig, iteration: int, adapter: Path, train: set[str],
+                   progress: Progress | None, server: PhaseServer) -> dict:
     totals: dict[str, Any] = {"rounds": 0, "requested": 0, "already_stored": 0, "written": 0, "successes": 0,
                               "errors": 0, "failed": [], "completion_tokens": 0, "prefill_tokens": 0,
                               "generate_s": 0.0, "adapter": str(adapter)}
@@ -206,7 +241,7 @@ def _simulate_binary(db, config: RunConfig, iteration: int, adapter: Path, train
     while episodes := [e for e in rollout.binary_search_episodes(db, config.run_id, iteration) if e.task_id in train]:
         if totals["rounds"] >= MAX_BINARY_ROUNDS:  # pragma: no cover - the rule ends far earlier
             raise PipelineError(f"binary search of run {config.run_id!r} iteration {iteration} did not end")
-        model = model or engine(config, adapter)
+        model = model or engine(config, adapter, server)
         done = totals["written"]
         summary = rollout.run_rollouts(
             db, config.run_id, iteration, episodes, purpose="simulate", engine=model,
@@ -234,7 +269,7 @@ def evaluate(db, config: RunConfig, iteration: int, progress: Progress | None) -
     adapter = policy_adapter(db, config, iteration)
     if iteration == 0 and config.bc_adapter:  # evaluated by the run that trained it
         return {"adapter": str(adapter), "reused": True}
-    with vllm_server(config) as server:
+    with vllm_server(config, adapter) as server:
         shared_engine = functools.cache(lambda: engine(config, adapter, server))
         summary = _evaluate_split(db, config, iteration, adapter, config.eval_split, config.eval_tasks, progress,
                                   shared_engine)

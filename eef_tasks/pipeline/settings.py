@@ -17,8 +17,8 @@ from eef_tasks.pipeline.errors import PipelineError
 from eef_tasks.training import TrainConfig
 
 # settings that may change between invocations of a registered run; every other setting is fixed
-MUTABLE_SETTINGS = frozenset({"iterations", "workers", "engine", "vllm_url", "served_model", "max_failed_fraction",
-                              "env_url", "runner", "ray_address", "ray_shards", "ray_gpus_per_shard",
+MUTABLE_SETTINGS = frozenset({"iterations", "workers", "engine", "vllm_url", "served_model", "vllm_adapters",
+                              "max_failed_fraction", "env_url", "runner", "ray_address", "ray_shards", "ray_gpus_per_shard",
                               "train_processes"})
 
 
@@ -83,6 +83,11 @@ class RunConfig(BaseModel):
     vllm_url: str | None = Field(None, description="vLLM server, e.g. http://vllm:8000/v1; several replicas, comma-separated, share the "
                                                    "requests (least outstanding; a dead one is skipped) (default $EEF_VLLM_URL)")
     served_model: str | None = Field(None, description="the base model's name on the vLLM server")
+    vllm_adapters: Literal["auto", "runtime", "merged"] = Field(
+        "auto", description="engine vllm, the phase's own server (no vllm_url): runtime = the adapter loaded as a "
+                            "LoRA at run time; merged = merged into a checkpoint that the phase's server serves "
+                            "(eager on CPU); auto = merged on CPU (1.2-1.5x the hf engine there, runtime LoRA "
+                            "0.4-0.6x: benchmarks/README.md), runtime on GPU. A given vllm_url: always runtime")
     runner: Literal["local", "ray"] = Field("local", description="local: this machine's game processes; "
                                             "ray: rollout shards on a Ray cluster (needs the ray extra of the package)")
     ray_address: str | None = Field("auto", description="Ray cluster: auto (the cluster started with ray start on "
