@@ -395,8 +395,28 @@ def test_phase_process_reports_result_and_failures(db) -> None:
     logs: list[str] = []
     summary = pipeline.run_phase_process(db, "r1", 0, "select", on_log=logs.append)
     assert summary["n_examples"] == 2 and summary["by_kind"] == {"expert_success": 2}
-    with pytest.raises(PipelineError, match=r"(?s)exit status 1.*explore needs iteration 0 first"):
+    with pytest.raises(PipelineError, match=r"exit status 1\): .*explore needs iteration 0 first") as failed:
         pipeline.run_phase_process(db, "r1", 1, "explore")
+    assert "\n" not in str(failed.value)  # one line; the log's tail stays on the error
+    assert any("explore needs iteration 0 first" in line for line in failed.value.log_tail)
+
+
+def test_a_failed_phase_is_explained_in_one_line() -> None:
+    from eef_tasks.pipeline.process import failure_line
+
+    # its own error line wins over everything after it
+    assert failure_line(["INFO x: start", "error: no adapter for it0", "INFO x: cleanup"]) == "no adapter for it0"
+    # a traceback: its exception line, with a pydantic error's details joined on
+    tail = ["Traceback (most recent call last):", '  File "a.py", line 3, in <module>', "    f()",
+            "pydantic_core._pydantic_core.ValidationError: 1 validation error for RunConfig", "train.sharding",
+            "  Extra inputs are not permitted [type=extra_forbidden]"]
+    assert failure_line(tail) == ("pydantic_core._pydantic_core.ValidationError: 1 validation error for RunConfig; "
+                                  "train.sharding; Extra inputs are not permitted [type=extra_forbidden]")
+    assert failure_line(["Traceback (most recent call last):", '  File "a.py", line 1', "KeyError: 'x'"]) == "KeyError: 'x'"
+    # killed without a word: the last line it wrote, or that it wrote nothing
+    assert failure_line(["INFO x: explore 3/8", ""]) == "INFO x: explore 3/8"
+    assert failure_line([]) == "it wrote nothing"
+    assert len(failure_line(["error: " + "x" * 1000])) == 400
 
 
 def test_phase_command_line(db) -> None:

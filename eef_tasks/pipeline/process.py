@@ -76,10 +76,36 @@ def _supervise_phase(cmd, phase, run_id, iteration, on_log, on_progress, env) ->
         raise
     interrupt.release(proc)
     if rc != 0 or result is None:
-        raise PipelineError(
-            f"{phase} of run {run_id!r} iteration {iteration} failed (exit status {rc}):\n" + "\n".join(tail[-10:])
-        )
+        error = PipelineError(f"{phase} of run {run_id!r} iteration {iteration} failed (exit status {rc}): "
+                              f"{failure_line(tail)}")
+        error.log_tail = tail  # the phase's last log lines (on_log saw them all)
+        raise error
     return result
+
+
+def failure_line(tail: list[str], limit: int = 400) -> str:
+    """Why a phase process failed, in one line, from the last lines of its log: its own `error: ...`
+    line (a UserError), else the last exception line of a traceback (`SomeError: ...`) with the
+    lines after it joined on (a pydantic error's details), else the last line it wrote."""
+    lines = [line.strip() for line in tail if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return _cut(line.removeprefix("error: "), limit)
+    for i in range(len(lines) - 1, -1, -1):
+        if _looks_like_exception(lines[i]):
+            return _cut("; ".join(lines[i:i + 4]), limit)
+    return _cut(lines[-1], limit) if lines else "it wrote nothing"
+
+
+def _looks_like_exception(line: str) -> bool:
+    """`ValueError: ...`, `pydantic_core._pydantic_core.ValidationError: 1 validation error ...`."""
+    name, sep, _ = line.partition(":")
+    last = name.rsplit(".", 1)[-1]
+    return bool(sep) and " " not in name and last[:1].isupper() and last.endswith(("Error", "Exception"))
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _busy_seconds(stat_line: str) -> tuple[float, float]:
