@@ -401,6 +401,19 @@ def test_phase_process_reports_result_and_failures(db) -> None:
     assert any("explore needs iteration 0 first" in line for line in failed.value.log_tail)
 
 
+def test_a_phase_process_runs_the_parents_code_whatever_its_cwd(db, tmp_path, monkeypatch) -> None:
+    """An eef_tasks package in the directory eef runs from (another checkout) is not what the phase
+    process imports: it runs the same code as its parent."""
+    pipeline.register_run(db, config())
+    other = tmp_path / "checkout"
+    (other / "eef_tasks" / "pipeline").mkdir(parents=True)
+    (other / "eef_tasks" / "__init__.py").write_text('raise ImportError("the wrong eef_tasks")\n')
+    (other / "eef_tasks" / "pipeline" / "__init__.py").write_text("")
+    monkeypatch.chdir(other)
+    summary = pipeline.run_phase_process(db, "r1", 0, "select")
+    assert summary["n_examples"] == 2
+
+
 def test_a_failed_phase_is_explained_in_one_line() -> None:
     from eef_tasks.pipeline.process import failure_line
 

@@ -28,7 +28,8 @@ from eef_tasks.pipeline.errors import PipelineError
 
 PROGRESS_PREFIX = "@@progress "
 RESULT_PREFIX = "@@result "
-
+# the folder holding the parent's own eef_tasks: the child imports the same code, whatever its cwd
+CODE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def run_phase_process(
@@ -41,10 +42,13 @@ def run_phase_process(
     with its parent (even by SIGKILL); on Ctrl-C or SIGTERM it is stopped first and given
     `interrupt.CHILD_GRACE_S` to stop its own workers. A failing child raises PipelineError with the
     last lines of its log."""
-    cmd = [sys.executable, "-m", "eef_tasks.pipeline", phase, "--db", str(db), "--run", run_id,
+    # -P: the cwd is not put first on the child's path, so an eef checkout in the directory eef runs
+    # from (another version's eef_tasks) cannot shadow the parent's code; CODE_ROOT puts that first
+    cmd = [sys.executable, "-P", "-m", "eef_tasks.pipeline", phase, "--db", str(db), "--run", run_id,
            "--iteration", str(iteration)]
+    path = os.pathsep.join(p for p in (CODE_ROOT, (env or {}).get("PYTHONPATH", os.environ.get("PYTHONPATH"))) if p)
     with interrupt.doing(f"{phase} of {run_id} iteration {iteration}"):
-        return _supervise_phase(cmd, phase, run_id, iteration, on_log, on_progress, env)
+        return _supervise_phase(cmd, phase, run_id, iteration, on_log, on_progress, {**(env or {}), "PYTHONPATH": path})
 
 
 def _supervise_phase(cmd, phase, run_id, iteration, on_log, on_progress, env) -> dict:
