@@ -5,7 +5,8 @@ VENV ?= .venv
 VLLM_VENV ?= .vllm-venv
 # `make test EEF_TEST_VLLM=1` also installs vLLM in the background and runs the real-vLLM tests
 # last (they wait for the install). Off by default: with them the suite no longer fits CI's
-# 30 minutes on the 2-core machine (install ~3 min, tests ~4-10 min); without the venv they skip.
+# 30 minutes on the 2-core machine (install ~3 min, tests ~4-10 min; a clean clone on an AVX2-only
+# machine took 30 min 26 s with them, 2026-12-04); without the venv they skip.
 EEF_TEST_VLLM ?= 0
 # the suite runs in this many pytest-xdist workers (0: in this process); a module stays on one
 # worker (--dist loadscope), in the order tests/conftest.py gives (longest modules first). Run in one
