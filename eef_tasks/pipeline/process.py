@@ -40,8 +40,8 @@ def run_phase_process(
     """Run one phase in a fresh Python process (`python -m eef_tasks.pipeline`), forwarding its log
     lines to `on_log` and its progress to `on_progress`; returns the phase summary. The child dies
     with its parent (even by SIGKILL); on Ctrl-C or SIGTERM it is stopped first and given
-    `interrupt.CHILD_GRACE_S` to stop its own workers. A failing child raises PipelineError with the
-    last lines of its log."""
+    `interrupt.CHILD_GRACE_S` to stop its own workers. A failing child raises PipelineError saying why
+    in one line (`failure_line`), its last log lines kept on the error as `log_tail`."""
     # -P: the cwd is not put first on the child's path, so an eef checkout in the directory eef runs
     # from (another version's eef_tasks) cannot shadow the parent's code; CODE_ROOT puts that first
     cmd = [sys.executable, "-P", "-m", "eef_tasks.pipeline", phase, "--db", str(db), "--run", run_id,
