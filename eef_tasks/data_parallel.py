@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,8 +60,8 @@ def rank_threads(total: int, processes: int) -> int:
 def train_in_processes(db: str | Path, run_id: str, iteration: int, method: str, out_dir: str | Path, config,
                        base_model: str | Path | None = None, *, processes: int, threads: int | None = None):
     """`training.train_adapter` in `processes` data-parallel ranks; returns its AdapterInfo (read
-    from the adapter that rank 0 wrote). Raises DataParallelError with the ranks' own errors when
-    they fail (their last log lines when they died without one)."""
+    from the adapter that rank 0 wrote). Raises DataParallelError, one line, with the ranks' own errors
+    when they fail (a rank's exception of any kind), else torchrun's cause (a rank killed by a signal)."""
     import torch
 
     from eef_tasks.training import AdapterInfo, read_train_record
@@ -88,7 +89,7 @@ def train_in_processes(db: str | Path, run_id: str, iteration: int, method: str,
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip("\n")
-            tail = (tail + [line])[-20:]
+            tail = (tail + [line])[-60:]  # torchrun's failure report is ~15 lines per rank
             if line.startswith("error: rank "):
                 errors.append(line.removeprefix("error: "))
             if line.strip():  # the ranks' log lines, as they wrote them (rank0 / rank1 ... prefixes)
@@ -102,7 +103,7 @@ def train_in_processes(db: str | Path, run_id: str, iteration: int, method: str,
     interrupt.release(proc)
     record = read_train_record(out_dir)
     if rc != 0 or record is None:
-        why = _rank_errors(errors) if errors else "\n" + "\n".join([t for t in tail if t.strip()][-8:])
+        why = _rank_errors(errors) if errors else _torchrun_failures(tail)
         raise DataParallelError(f"data-parallel training of {run_id} {method} it{iteration} in {processes} "
                                 f"processes failed (torchrun exit status {rc}): {why}")
     return AdapterInfo(**{f.name: record[f.name] for f in dataclasses.fields(AdapterInfo) if f.name in record})
@@ -119,6 +120,35 @@ def _rank_errors(lines: Sequence[str]) -> str:
         ranks = sorted(set(ranks), key=lambda r: int(r) if r.isdigit() else -1)
         parts.append(f"rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)}: {error}")
     return "; ".join(parts)
+
+
+def _torchrun_failures(lines: Sequence[str]) -> str:
+    """One line from the end of torchrun's output when no rank wrote an `error:` line (a rank killed
+    by a signal, or torchrun itself failing): each failed rank's exit code and torchrun's cause,
+    the root cause first ('rank 1: exit code -9, Signal 9 (SIGKILL) received by PID 123'), else
+    the last line."""
+    failures: list[tuple[bool, str]] = []  # (not the root cause, entry): sorted root cause first
+    rank = exitcode = None
+    root = False
+    for raw in lines:
+        line = raw.strip()
+        root = root or line.startswith("Root Cause")
+        key, sep, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if not sep:
+            continue
+        if key == "rank":
+            rank, exitcode = value.split(" ")[0], None
+        elif key == "exitcode" and rank is not None:
+            exitcode = value.split(" ")[0]
+        elif key == "traceback" and rank is not None:
+            cause = "" if value.startswith("To enable traceback") else f", {value}"
+            failures.append((not root, f"rank {rank}: exit code {exitcode}{cause}"))
+            rank = None
+    if failures:
+        return "; ".join(dict.fromkeys(entry for _, entry in sorted(failures, key=lambda f: f[0])))
+    last = [t.strip() for t in lines if t.strip()]
+    return f"no rank reported an error; torchrun's last line: {last[-1]}" if last else "no output"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,6 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         except interrupt.Interrupted as exc:
             return interrupt.exit_status(exc)
+        except Exception as exc:  # a bug or a crash: its traceback for the log, then the one line
+            traceback.print_exc()
+            first = (str(exc).strip().splitlines() or [""])[0]
+            print(f"error: rank {rank}: {type(exc).__name__}: {first}".rstrip(": "), file=sys.stderr, flush=True)
+            return 1
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0

@@ -232,6 +232,71 @@ def test_failing_ranks_fail_the_training_with_their_error_and_write_nothing(tmp_
 
 
 @pytest.mark.timeout(300)
+def test_a_rank_killed_by_a_signal_fails_the_training_in_one_line(db, tmp_path):  # noqa: F811
+    """Real torchrun, two real ranks, one SIGKILLed as soon as it runs: no rank writes an `error:`
+    line, so the error is torchrun's own cause for that rank, in one line; nothing is written."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from eef_tasks.data_parallel import DataParallelError, train_in_processes
+
+    out, raised = tmp_path / "adapters" / "bc-it0", []
+
+    def train() -> None:
+        try:
+            train_in_processes(db, RUN, 0, "bc", out, CONFIG, processes=2, threads=2)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test below
+            raised.append(exc)
+
+    worker = threading.Thread(target=train)
+    worker.start()
+    deadline = time.monotonic() + 120
+    while len(ranks := _rank_processes()) < 2 and time.monotonic() < deadline and worker.is_alive():
+        time.sleep(0.05)
+    assert len(ranks) == 2, raised
+    os.kill(max(ranks), signal.SIGKILL)
+    worker.join(timeout=180)
+    assert not worker.is_alive() and len(raised) == 1 and isinstance(raised[0], DataParallelError), raised
+    text = str(raised[0])
+    assert "\n" not in text and "(torchrun exit status 1): rank " in text, text
+    assert "exit code -9, Signal 9 (SIGKILL) received by PID" in text, text
+    assert not out.exists()
+
+
+def test_torchrun_failure_report_and_a_rank_crash_become_one_line(monkeypatch, capsys, tmp_path):
+    """The report torchrun prints for failed ranks (made by torch's own ChildFailedError) becomes
+    'rank N: exit code C, cause'; a rank's exception of any kind becomes its `error:` line."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    import eef_tasks.training
+    from eef_tasks.data_parallel import _torchrun_failures, main
+
+    failures = {1: ProcessFailure(local_rank=1, pid=4321, exitcode=-9, error_file="/nonexistent"),
+                0: ProcessFailure(local_rank=0, pid=4320, exitcode=1, error_file="/nonexistent")}
+    report = ["W1204 some log line", *str(ChildFailedError("eef_tasks.data_parallel", failures)).splitlines()]
+    assert _torchrun_failures(report) == ("rank 1: exit code -9, Signal 9 (SIGKILL) received by PID 4321; "
+                                          "rank 0: exit code 1")  # the root cause first
+    assert _torchrun_failures(["", "RuntimeError: port taken", ""]) == \
+        "no rank reported an error; torchrun's last line: RuntimeError: port taken"
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access\nmore detail")
+
+    monkeypatch.setattr(eef_tasks.training, "train_adapter", crash)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"db": "x", "run": "r", "iteration": 0, "method": "bc", "out": str(tmp_path / "o"),
+                               "config": CONFIG.model_dump(mode="json"), "base_model": None, "threads": 1}))
+    assert main([str(job)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == "error: rank 0: RuntimeError: CUDA error: an illegal memory access"
+    assert any(line.startswith("Traceback") for line in err)  # the traceback stays in the log
+
+
+@pytest.mark.timeout(300)
 def test_fsdp_refuses_full_fine_tuning_in_one_line(db, tmp_path):  # noqa: F811
     from eef_tasks.data_parallel import DataParallelError, train_in_processes
 
