@@ -6,13 +6,15 @@ VLLM_VENV ?= .vllm-venv
 # `make test EEF_TEST_VLLM=1` also installs vLLM in the background and runs the real-vLLM tests
 # last (they wait for the install). Off by default: with them the suite no longer fits CI's
 # 30 minutes on the 2-core machine (install ~3 min, tests ~4-10 min; a clean clone on an AVX2-only
-# machine took 30 min 26 s with them, 2026-12-04); without the venv they skip.
+# machine took 30 min 26 s with them in 2 workers, 27 min 4 s in 3, 2026-12-04); without the venv they skip.
 EEF_TEST_VLLM ?= 0
 # the suite runs in this many pytest-xdist workers (0: in this process); a module stays on one
 # worker (--dist loadscope), in the order tests/conftest.py gives (longest modules first). Run in one
 # process the suite keeps about one core busy on average (its tests wait on servers, JVMs and
-# subprocesses): on 2 cores, 2 workers took it from 41.6 to 25.5 min (stop 26, clean clone)
-TEST_WORKERS ?= 2
+# subprocesses): on 2 cores, 2 workers took it from 41.6 to 25.5 min (stop 26, clean clone); 3
+# workers beat 2 on the 2-core AVX2 machine too (clean clones with EEF_TEST_VLLM=1: 27 min 4 s with
+# 3 against 30 min 26 s with 2, 2026-12-04; 1.5 cores busy on average with 3)
+TEST_WORKERS ?= 3
 PYTEST := -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=15
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1

@@ -82,7 +82,16 @@ def memory_bandwidth(mib: int = 512, repeats: int = 5, device: str = "cpu") -> d
 
 
 def peaks(size: int = 2048, repeats: int = 5, device: str = "cpu") -> dict[str, dict[str, Any]]:
-    return {d: matmul_peak(d, size, repeats, device) for d in DTYPE_NAMES}
+    """The matmul peak of each dtype. A CPU without native bf16 (AVX2 only: eef trains and rolls out in
+    float32 there) emulates bf16 at ~1 GFLOP/s, so a 2048 matmul would take ~30 s a sample: its bf16
+    peak is measured on 512 x 512 only, marked `native: False`, and fractions of it mean nothing."""
+    from eef_tasks.precision import cpu_supports_bf16
+
+    out = {}
+    for d in DTYPE_NAMES:
+        emulated = d == "bfloat16" and device.startswith("cpu") and not cpu_supports_bf16()
+        out[d] = {**matmul_peak(d, min(size, 512) if emulated else size, repeats, device), "native": not emulated}
+    return out
 
 
 def projection_shapes(config: Any) -> list[tuple[int, int]]:

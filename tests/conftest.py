@@ -16,7 +16,7 @@ import pytest
 # make tests/store_builders.py importable as a plain module, whatever pytest's rootdir/import mode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# `make test` runs the suite in two pytest-xdist workers. Each test process (a worker, or a plain
+# `make test` runs the suite in pytest-xdist workers (three by default). Each test process (a worker, or a plain
 # pytest) gets a Prefect home and a model slot of its own, inherited by every `eef` command a test
 # starts: two workers' temporary Prefect servers never share one SQLite file, and one worker's model
 # phase never waits for the other's (the slot is machine-wide by default; tests that need a slot of
@@ -58,7 +58,7 @@ def model_path() -> Path:
         pytest.skip(str(exc))
 
 
-# the longest modules (minutes each: whole tiny-preset runs) go first, so that with two workers
+# the longest modules (minutes each: whole tiny-preset runs) go first, so that with several workers
 # (--dist loadscope: a module's tests stay on one worker, its module fixtures run once) they do not
 # start last and leave one worker idle at the end
 LONG_MODULES = ("test_pipeline_flows.py", "test_pipeline_envs.py", "test_selection_properties.py")
